@@ -1,0 +1,43 @@
+# Weir — two commands on a fresh machine:
+#   make run    set up, build, run the server on the embedded default
+#   make test   set up, build, run the whole suite
+#
+# Everything (server, tests, benchmarks) builds with one cargo profile
+# (--release), so RocksDB and the other heavy dependencies compile once.
+# The target directory lives outside the clone so every checkout and CI run
+# on this machine shares one incremental cache.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+PROFILE := --release
+WEIR := $(CARGO_TARGET_DIR)/release/weir
+
+.PHONY: all setup build run test check bench clean-data
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build $(PROFILE) --workspace --bins
+
+run: build
+	$(WEIR) serve
+
+test: build
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run $(PROFILE) --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test $(PROFILE) --workspace --no-fail-fast; \
+	fi
+
+check:
+	$(CARGO) check $(PROFILE) --workspace --all-targets
+
+bench: build
+	benches/accept-rate.sh $(WEIR)
+
+clean-data:
+	rm -rf ./data

@@ -1,0 +1,327 @@
+//! The `weir` command line (clap): serve, queue list/show/delete, config
+//! check, passwd. Exit codes: 0 success, 1 failure, 2 usage (clap),
+//! 3 invalid configuration, 4 no such message.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, ConfigSource};
+use crate::control::QueueAccess;
+use crate::queue::MessageMeta;
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_CONFIG: u8 = 3;
+pub const EXIT_NOT_FOUND: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Weir, a programmable mail transfer agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// Options every command that touches a server or its data shares.
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (default: the embedded policies/default.yaml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (queue, certificates, control socket); overrides server.data_dir.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Override a configuration key, like `postconf -o` (repeatable).
+    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(Common),
+    /// Inspect and change the queue (works while the server runs).
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCommand,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
+    /// Read a password from stdin and print its argon2 hash for auth.users.
+    Passwd,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: envelope, session facts, state.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// Print the stored message (headers and body) as it will be delivered.
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
+    },
+    /// Delete a message from the queue.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file without starting anything.
+    Check {
+        file: PathBuf,
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+/// An error and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: EXIT_FAILURE,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure {
+            code: EXIT_CONFIG,
+            message: format!("invalid configuration: {e}"),
+        }
+    }
+}
+
+fn load(common: &Common) -> Result<(Config, PathBuf), Failure> {
+    let source = match &common.config {
+        Some(p) => ConfigSource::File(p),
+        None => ConfigSource::Embedded,
+    };
+    let config = Config::load(source, &common.overrides)?;
+    let data_dir = common
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.clone());
+    Ok((config, data_dir))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("weir: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.cmd {
+        Command::Serve(common) => {
+            let (config, data_dir) = load(&common)?;
+            crate::logging::init(&config.log);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("weir")
+                .build()
+                .map_err(anyhow::Error::from)?;
+            rt.block_on(crate::server::serve(config, data_dir))?;
+            Ok(())
+        }
+        Command::Config {
+            cmd: ConfigCommand::Check { file, overrides },
+        } => {
+            let c = Config::load(ConfigSource::File(&file), &overrides)?;
+            println!(
+                "{}: OK ({} listener{}: {})",
+                file.display(),
+                c.listeners.len(),
+                if c.listeners.len() == 1 { "" } else { "s" },
+                c.listeners
+                    .iter()
+                    .map(|(n, l)| format!("{n} on {}", l.bind))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Passwd => passwd(),
+        Command::Queue { cmd } => queue(cmd),
+    }
+}
+
+fn passwd() -> Result<(), Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (echoed; pipe it in to avoid that): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut input = String::new();
+    if stdin.is_terminal() {
+        stdin.read_line(&mut input).map_err(anyhow::Error::from)?;
+    } else {
+        stdin.lock().read_to_string(&mut input).map_err(anyhow::Error::from)?;
+    }
+    // The password is the first line, without its line ending.
+    let password = input.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(Failure {
+            code: EXIT_FAILURE,
+            message: "no password on stdin (usage: echo 'secret' | weir passwd)".into(),
+        });
+    }
+    println!("{}", crate::auth::hash_password(password)?);
+    Ok(())
+}
+
+fn not_found(id: &str) -> Failure {
+    Failure {
+        code: EXIT_NOT_FOUND,
+        message: format!("no message {id} in the queue"),
+    }
+}
+
+fn queue(cmd: QueueCommand) -> Result<(), Failure> {
+    let common = match &cmd {
+        QueueCommand::List { common, .. } | QueueCommand::Show { common, .. } | QueueCommand::Delete { common, .. } => {
+            common.clone()
+        }
+    };
+    let (_config, data_dir) = load(&common)?;
+    let access = QueueAccess::open(&data_dir)?;
+    match cmd {
+        QueueCommand::List { json, .. } => {
+            let list = access.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?);
+            } else {
+                print_table(&list);
+            }
+        }
+        QueueCommand::Show { id, json, raw, .. } => {
+            if raw {
+                let body = access.body(&id)?.ok_or_else(|| not_found(&id))?;
+                std::io::stdout().write_all(&body).map_err(anyhow::Error::from)?;
+                return Ok(());
+            }
+            let m = access.show(&id)?.ok_or_else(|| not_found(&id))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m).map_err(anyhow::Error::from)?);
+            } else {
+                print_message(&m);
+            }
+        }
+        QueueCommand::Delete { id, .. } => {
+            if !access.delete(&id)? {
+                return Err(not_found(&id));
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+fn age(received_at: i64) -> String {
+    let secs = (chrono::Utc::now().timestamp() - received_at).max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs))
+        .to_string()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn sender(s: &str) -> String {
+    if s.is_empty() {
+        "<>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_table(list: &[MessageMeta]) {
+    println!("{:<20}  {:>9}  {:<8}  {:<10}  {:<30}  RECIPIENTS", "ID", "SIZE", "AGE", "STATE", "SENDER");
+    for m in list {
+        let rcpts: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+        println!(
+            "{:<20}  {:>9}  {:<8}  {:<10}  {:<30}  {}",
+            m.id,
+            m.size,
+            age(m.received_at),
+            format!("{:?}", m.state).to_lowercase(),
+            sender(&m.sender),
+            rcpts.join(", ")
+        );
+    }
+    println!("{} message{}", list.len(), if list.len() == 1 { "" } else { "s" });
+}
+
+fn print_message(m: &MessageMeta) {
+    let received = chrono::DateTime::from_timestamp(m.received_at, 0)
+        .map(|d| d.to_rfc2822())
+        .unwrap_or_default();
+    println!("id:          {}", m.id);
+    println!("received:    {received} ({} ago)", age(m.received_at));
+    println!("state:       {:?}", m.state);
+    println!("size:        {} octets", m.size);
+    println!("sender:      {}", sender(&m.sender));
+    for r in &m.recipients {
+        let mut extra = Vec::new();
+        if let Some(o) = &r.orcpt {
+            extra.push(format!("ORCPT={o}"));
+        }
+        let n = &r.notify;
+        let notify: Vec<&str> = [(n.never, "NEVER"), (n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| *s)
+            .collect();
+        if !notify.is_empty() {
+            extra.push(format!("NOTIFY={}", notify.join(",")));
+        }
+        println!("recipient:   {} [{:?}] {}", r.address, r.status, extra.join(" "));
+    }
+    println!("body:        {:?}{}", m.body_type, if m.smtputf8 { ", SMTPUTF8" } else { "" });
+    if let Some(ret) = m.dsn_ret {
+        println!("dsn ret:     {ret:?}");
+    }
+    if let Some(e) = &m.dsn_envid {
+        println!("dsn envid:   {e}");
+    }
+    let s = &m.session;
+    println!("listener:    {}", s.listener);
+    println!("client:      {}:{} (HELO {})", s.client_ip, s.client_port, s.helo);
+    match &s.tls {
+        Some(t) => println!("tls:         {} {}", t.version, t.cipher),
+        None => println!("tls:         none"),
+    }
+    println!("auth:        {}", s.auth_user.as_deref().unwrap_or("none"));
+    println!("attempts:    {}", m.attempts);
+}

@@ -1,0 +1,166 @@
+//! The control socket (`<data_dir>/weir.sock`): how `weir queue ...` reaches
+//! a running server, whose RocksDB it cannot open itself (RocksDB allows one
+//! writer process). One JSON request line, one JSON response line. When no
+//! server answers, the CLI opens the queue directly (`QueueAccess::Local`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{MessageMeta, Queue};
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("weir.sock")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    List,
+    Show { id: String },
+    Body { id: String },
+    Delete { id: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+async fn handle(queue: &Queue, req: Request) -> Result<serde_json::Value> {
+    Ok(match req {
+        Request::List => serde_json::to_value(queue.list()?)?,
+        Request::Show { id } => serde_json::to_value(queue.get(&id)?)?,
+        Request::Body { id } => serde_json::to_value(queue.body(&id)?.map(|b| crate::auth::encode_b64(&b)))?,
+        Request::Delete { id } => {
+            let deleted = queue.delete(&id).await?;
+            if deleted {
+                tracing::info!(id = %id, "deleted by operator");
+            }
+            serde_json::Value::Bool(deleted)
+        }
+    })
+}
+
+/// Binds the control socket (replacing a stale one) and serves it until shutdown.
+pub fn start(data_dir: &Path, queue: Arc<Queue>, shutdown: CancellationToken) -> Result<PathBuf> {
+    let path = socket_path(data_dir);
+    // We hold the queue's lock, so no other server uses this data dir: any
+    // socket file here is left over from a crash.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).with_context(|| format!("binding control socket {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let resp = match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), result: Default::default() },
+                        Ok(req) => match handle(&queue, req).await {
+                            Ok(result) => Response { ok: true, error: None, result },
+                            Err(e) => Response { ok: false, error: Some(format!("{e:#}")), result: Default::default() },
+                        },
+                    };
+                    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+                    out.push(b'\n');
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(socket_path(data_dir))
+}
+
+/// How the CLI reaches a queue: through a running server, or directly.
+pub enum QueueAccess {
+    Remote(PathBuf),
+    Local(Box<Queue>, tokio::runtime::Runtime),
+}
+
+impl QueueAccess {
+    pub fn open(data_dir: &Path) -> Result<QueueAccess> {
+        let sock = socket_path(data_dir);
+        if UnixStream::connect(&sock).is_ok() {
+            return Ok(QueueAccess::Remote(sock));
+        }
+        if !crate::queue::queue_path(data_dir).exists() {
+            bail!(
+                "no queue under {} (is --data-dir or the configuration's server.data_dir right?)",
+                data_dir.display()
+            );
+        }
+        let queue = Queue::open(data_dir)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(QueueAccess::Local(Box::new(queue), rt))
+    }
+
+    fn remote(sock: &Path, req: &Request) -> Result<serde_json::Value> {
+        let mut s = UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut resp = String::new();
+        BufReader::new(s).read_line(&mut resp)?;
+        let resp: Response = serde_json::from_str(&resp).context("the server's answer is not understood")?;
+        if resp.ok {
+            Ok(resp.result)
+        } else {
+            Err(anyhow!(resp.error.unwrap_or_else(|| "the server refused the request".into())))
+        }
+    }
+
+    fn call(&self, req: Request) -> Result<serde_json::Value> {
+        match self {
+            QueueAccess::Remote(sock) => Self::remote(sock, &req),
+            QueueAccess::Local(q, rt) => rt.block_on(handle(q, req)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<MessageMeta>> {
+        Ok(serde_json::from_value(self.call(Request::List)?)?)
+    }
+
+    pub fn show(&self, id: &str) -> Result<Option<MessageMeta>> {
+        Ok(serde_json::from_value(self.call(Request::Show { id: id.into() })?)?)
+    }
+
+    pub fn body(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let v: Option<String> = serde_json::from_value(self.call(Request::Body { id: id.into() })?)?;
+        v.map(|b| crate::auth::decode_b64(&b).map_err(|_| anyhow!("message body not decodable")))
+            .transpose()
+    }
+
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        Ok(serde_json::from_value(self.call(Request::Delete { id: id.into() })?)?)
+    }
+}

@@ -1,0 +1,5 @@
+//! The `weir` binary: everything lives in the library; see `cli`.
+
+fn main() -> std::process::ExitCode {
+    weir::cli::main()
+}

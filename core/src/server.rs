@@ -1,0 +1,232 @@
+//! `weir serve`: opens the queue, binds every listener, accepts connections
+//! within the per-listener limits (in total and per client IP), runs a
+//! session per connection, and shuts down cleanly on SIGTERM/SIGINT: stop
+//! accepting, let sessions finish their transaction within
+//! `server.shutdown_grace`, then close the queue.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Users;
+use crate::config::{Config, TlsFiles, TlsMode};
+use crate::queue::Queue;
+use crate::smtp::conn::{Conn, Stream};
+use crate::smtp::reply::Reply;
+use crate::smtp::session::Session;
+use crate::smtp::{ListenerCtx, RelayRules};
+
+/// Counts a listener's open connections, in total and per client IP.
+#[derive(Default)]
+struct ConnCounts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Releases a connection's slot when the session ends, however it ends.
+struct ConnSlot {
+    counts: Arc<Mutex<ConnCounts>>,
+    ip: IpAddr,
+    listener: String,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&self.ip);
+                }
+            }
+        }
+        metrics::gauge!("weir_connections_active", "listener" => self.listener.clone()).decrement(1.0);
+    }
+}
+
+fn tls_acceptors(config: &Config, data_dir: &Path) -> Result<HashMap<String, TlsAcceptor>> {
+    let mut out = HashMap::new();
+    let mut cache: HashMap<(PathBuf, PathBuf), TlsAcceptor> = HashMap::new();
+    let mut self_signed: Option<TlsFiles> = None;
+    for (name, l) in &config.listeners {
+        if l.tls == TlsMode::None {
+            continue;
+        }
+        let files = match (&l.certificate, &config.tls) {
+            (Some(f), _) | (None, Some(f)) => f.clone(),
+            (None, None) => match &self_signed {
+                Some(f) => f.clone(),
+                None => {
+                    let mut names = vec![config.hostname()];
+                    names.extend(config.listeners.values().filter_map(|l| l.hostname.clone()));
+                    let f = crate::tls::ensure_self_signed(data_dir, &names)?;
+                    self_signed = Some(f.clone());
+                    f
+                }
+            },
+        };
+        let key = (files.cert.clone(), files.key.clone());
+        let acceptor = match cache.get(&key) {
+            Some(a) => a.clone(),
+            None => {
+                let cfg = crate::tls::server_config(&files).with_context(|| format!("listener {name}"))?;
+                let a = TlsAcceptor::from(cfg);
+                cache.insert(key, a.clone());
+                a
+            }
+        };
+        out.insert(name.clone(), acceptor);
+    }
+    Ok(out)
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    crate::metrics::install(&config.metrics)?;
+    let queue = Arc::new(Queue::open(&data_dir)?);
+    tracing::info!(path = %queue.path().display(), messages = queue.depth(), "queue open");
+
+    let acceptors = tls_acceptors(&config, &data_dir)?;
+    let users = Arc::new(Users::from_config(&config.auth));
+    let relay = Arc::new(RelayRules::from_config(&config.relay));
+    let default_host = config.hostname();
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Bind everything before accepting anything, so a bad address fails the start.
+    let mut bound = Vec::new();
+    for (name, l) in &config.listeners {
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listener {name}: cannot bind {}", l.bind))?;
+        let ctx = Arc::new(ListenerCtx {
+            name: name.clone(),
+            cfg: l.clone(),
+            hostname: l.hostname.clone().unwrap_or_else(|| default_host.clone()),
+            tls: acceptors.get(name).cloned(),
+            users: users.clone(),
+            relay: relay.clone(),
+            queue: queue.clone(),
+        });
+        tracing::info!(listener = %name, bind = %l.bind, tls = ?l.tls, auth = ?l.auth, "listening");
+        bound.push((listener, ctx));
+    }
+    let control = crate::control::start(&data_dir, queue.clone(), shutdown.clone())?;
+
+    let mut accept_tasks = Vec::new();
+    for (listener, ctx) in bound {
+        accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone(), tracker.clone())));
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; sessions finish their transaction");
+    shutdown.cancel();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(config.server.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            sessions = tracker.len(),
+            grace = ?config.server.shutdown_grace,
+            "sessions still open after the grace period are cut off"
+        );
+    }
+    let _ = std::fs::remove_file(&control);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn refuse(mut tcp: TcpStream, implicit_tls: bool, why: &str) {
+    if !implicit_tls {
+        let r = Reply::new(421, "4.7.0", why.to_string()).to_wire();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.write_all(r.as_bytes())).await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let counts = Arc::new(Mutex::new(ConnCounts::default()));
+    let implicit = ctx.cfg.tls == TlsMode::Implicit;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never spin or stop.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let ip = peer.ip();
+        let refused = {
+            let mut c = match counts.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            let lim = &ctx.cfg.limits;
+            if c.total >= lim.max_connections {
+                Some("too many connections, try again later")
+            } else if c.per_ip.get(&ip).copied().unwrap_or(0) >= lim.max_connections_per_ip {
+                Some("too many connections from your address, try again later")
+            } else {
+                c.total += 1;
+                *c.per_ip.entry(ip).or_insert(0) += 1;
+                None
+            }
+        };
+        if let Some(why) = refused {
+            let reason = if why.contains("address") { "per_ip" } else { "total" };
+            metrics::counter!("weir_connections_refused_total", "listener" => ctx.name.clone(), "reason" => reason)
+                .increment(1);
+            tracing::info!(listener = %ctx.name, %peer, reason, "connection refused by limit");
+            tracker.spawn(refuse(tcp, implicit, why));
+            continue;
+        }
+        metrics::counter!("weir_connections_total", "listener" => ctx.name.clone()).increment(1);
+        metrics::gauge!("weir_connections_active", "listener" => ctx.name.clone()).increment(1.0);
+        let slot = ConnSlot {
+            counts: counts.clone(),
+            ip,
+            listener: ctx.name.clone(),
+        };
+        let local = tcp.local_addr().unwrap_or_else(|_| ctx.cfg.bind);
+        let session = Session::new(ctx.clone(), Conn::new(Stream::Plain(tcp)), peer, local, shutdown.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            session.run().await;
+        });
+    }
+}

@@ -1,0 +1,843 @@
+//! One SMTP session (RFC 5321 with ESMTP extensions): the state machine from
+//! the greeting to QUIT. Command syntax is parsed by smtp-proto; this module
+//! decides what each command means in the current state, enforces the
+//! listener's limits, and hands a finished transaction to the queue, replying
+//! 250 only once the queue says the message is on disk.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use smtp_proto::Request;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{self, SaslError};
+use crate::config::{AuthMode, LongLines, TlsMode};
+use crate::queue::id::{new_id, now_ms};
+use crate::queue::message::{BodyType, DsnRet, MessageMeta, MessageState, Notify, Recipient, RecipientStatus, SessionFacts};
+use crate::smtp::conn::{Conn, Line, ReadError, TlsInfo};
+use crate::smtp::data::{DataDecoder, DataProblem};
+use crate::smtp::reply::{canned, Reply};
+use crate::smtp::ListenerCtx;
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 §4: an AUTH command or SASL response line may be up to 12288 octets.
+pub const MAX_AUTH_LINE: usize = 12288;
+/// RFC 5321 §4.5.3.1.3: a path is at most 256 octets (with the angle brackets).
+const MAX_PATH: usize = 254;
+
+struct Transaction {
+    sender: String,
+    body_type: BodyType,
+    smtputf8: bool,
+    declared_size: Option<u64>,
+    ret: Option<DsnRet>,
+    envid: Option<String>,
+    rcpts: Vec<Recipient>,
+    /// Set once the first BDAT chunk arrived.
+    bdat: Option<BdatBody>,
+}
+
+struct BdatBody {
+    id: String,
+    header_len: usize,
+    body: Vec<u8>,
+    too_large: bool,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    ctx: Arc<ListenerCtx>,
+    conn: Conn,
+    peer: SocketAddr,
+    local: SocketAddr,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    auth_user: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    shutdown: CancellationToken,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<ListenerCtx>, conn: Conn, peer: SocketAddr, local: SocketAddr, shutdown: CancellationToken) -> Self {
+        Session {
+            ctx,
+            conn,
+            peer,
+            local,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            auth_user: None,
+            tx: None,
+            errors: 0,
+            shutdown,
+        }
+    }
+
+    /// Runs the session to its end. Never panics on client input; every way
+    /// out closes the connection.
+    pub async fn run(mut self) {
+        if self.ctx.cfg.tls == TlsMode::Implicit {
+            let Some(acceptor) = self.ctx.tls.clone() else {
+                return;
+            };
+            match self.conn.start_tls(&acceptor, self.ctx.cfg.limits.tls_handshake_timeout).await {
+                Ok(info) => self.tls = Some(info),
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, listener = %self.ctx.name, error = %e, "TLS handshake failed");
+                    metrics::counter!("weir_tls_handshake_failures_total", "listener" => self.ctx.name.clone()).increment(1);
+                    return;
+                }
+            }
+        }
+        let greeting = Reply::bare(
+            220,
+            format!("{} {}", self.ctx.hostname, self.ctx.cfg.banner.as_deref().unwrap_or("ESMTP Weir")),
+        );
+        self.reply(greeting);
+        loop {
+            let read = {
+                let limits = &self.ctx.cfg.limits;
+                let idle = self.tx.is_none();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled(), if idle => {
+                        self.reply(canned::shutting_down());
+                        break;
+                    }
+                    r = self.conn.read_line(MAX_AUTH_LINE + 2, limits.command_timeout) => r,
+                }
+            };
+            let flow = match read {
+                Ok(Line::TooLong) => {
+                    self.reply(canned::line_too_long());
+                    Flow::Continue
+                }
+                Ok(Line::Complete(line)) => {
+                    if line.len() > MAX_COMMAND_LINE && !starts_with_ci(&line, b"AUTH ") {
+                        self.reply(canned::line_too_long());
+                        Flow::Continue
+                    } else {
+                        self.command(&line).await
+                    }
+                }
+                Err(ReadError::Timeout) => {
+                    self.reply(canned::timeout());
+                    break;
+                }
+                Err(ReadError::Closed) | Err(ReadError::Io(_)) => break,
+            };
+            if matches!(flow, Flow::Close) {
+                break;
+            }
+            if self.errors >= self.ctx.cfg.limits.max_errors {
+                self.reply(canned::too_many_errors());
+                break;
+            }
+        }
+        self.conn.shutdown().await;
+    }
+
+    /// Queues a reply, counting it (and errors) as it goes.
+    fn reply(&mut self, r: Reply) {
+        metrics::counter!("weir_replies_total", "listener" => self.ctx.name.clone(), "code" => r.code.to_string())
+            .increment(1);
+        if r.is_permanent_error() {
+            self.errors += 1;
+        }
+        self.conn.queue_reply(&r);
+    }
+
+    fn reset_transaction(&mut self) {
+        self.tx = None;
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        let parsed = Request::parse(&mut line.iter());
+        let name = match &parsed {
+            Ok(r) => r.name(),
+            Err(smtp_proto::Error::UnknownCommand) => "unknown",
+            Err(_) => command_word(line),
+        };
+        metrics::counter!("weir_commands_total", "listener" => self.ctx.name.clone(), "command" => name).increment(1);
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                self.reply(syntax_reply(e, line));
+                return Flow::Continue;
+            }
+        };
+
+        // With `require_tls`, only these may come before STARTTLS.
+        if self.ctx.cfg.require_tls
+            && self.tls.is_none()
+            && !matches!(
+                req,
+                Request::Ehlo { .. } | Request::Helo { .. } | Request::StartTls | Request::Noop { .. } | Request::Rset | Request::Quit
+            )
+        {
+            self.reply(canned::tls_required());
+            return Flow::Continue;
+        }
+
+        match req {
+            Request::Ehlo { host } => {
+                self.reset_transaction();
+                self.helo = Some(host.into_owned());
+                self.esmtp = true;
+                let r = self.ehlo_reply();
+                self.reply(r);
+            }
+            Request::Helo { host } => {
+                self.reset_transaction();
+                self.helo = Some(host.into_owned());
+                self.esmtp = false;
+                let r = Reply::bare(250, self.ctx.hostname.clone());
+                self.reply(r);
+            }
+            Request::Lhlo { .. } => self.reply(Reply::new(500, "5.5.1", "LHLO is for LMTP, this is SMTP")),
+            Request::Mail { from } => {
+                let r = self.mail(from);
+                self.reply(r);
+            }
+            Request::Rcpt { to } => {
+                let r = self.rcpt(to);
+                self.reply(r);
+            }
+            Request::Data => return self.data().await,
+            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.reset_transaction();
+                self.reply(canned::ok());
+            }
+            Request::Noop { .. } => self.reply(canned::ok()),
+            Request::Vrfy { .. } => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Request::Expn { .. } => self.reply(Reply::new(502, "5.5.1", "EXPN is not supported")),
+            Request::Help { .. } => self.reply(Reply {
+                code: 214,
+                enhanced: Some("2.0.0"),
+                lines: vec![
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH".into(),
+                    "End of HELP info".into(),
+                ],
+            }),
+            Request::Quit => {
+                let r = Reply::new(221, "2.0.0", format!("{} closing connection", self.ctx.hostname));
+                self.reply(r);
+                return Flow::Close;
+            }
+            Request::StartTls => return self.starttls().await,
+            Request::Auth { mechanism, initial_response } => {
+                return self.auth(mechanism, initial_response.into_owned()).await;
+            }
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.reply(Reply::new(502, "5.5.1", "Command not implemented"))
+            }
+        }
+        Flow::Continue
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.ctx.cfg.auth != AuthMode::None && (self.tls.is_some() || self.ctx.cfg.auth_over_plaintext)
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let helo = self.helo.as_deref().unwrap_or("");
+        let mut lines = vec![format!("{} Hello {} [{}]", self.ctx.hostname, helo, self.peer.ip())];
+        lines.push("PIPELINING".into());
+        lines.push(format!("SIZE {}", self.ctx.cfg.limits.max_message_size));
+        lines.push("8BITMIME".into());
+        lines.push("SMTPUTF8".into());
+        lines.push("ENHANCEDSTATUSCODES".into());
+        lines.push("CHUNKING".into());
+        lines.push("DSN".into());
+        if self.ctx.cfg.tls == TlsMode::Starttls && self.tls.is_none() && self.ctx.tls.is_some() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        lines.push("HELP".into());
+        Reply::multiline(250, lines)
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>) -> Reply {
+        if self.helo.is_none() {
+            return canned::bad_sequence("send HELO or EHLO first");
+        }
+        if self.tx.is_some() {
+            return canned::bad_sequence("sender already specified");
+        }
+        if self.ctx.cfg.auth == AuthMode::Require && self.auth_user.is_none() {
+            return canned::auth_required();
+        }
+        let address = from.address.into_owned();
+        let has_params = from.flags != 0 || from.size != 0 || from.env_id.is_some() || from.auth.is_some();
+        if !self.esmtp && has_params {
+            return Reply::new(555, "5.5.4", "MAIL parameters need EHLO, not HELO");
+        }
+        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            return Reply::new(555, "5.5.4", "BODY=BINARYMIME is not supported");
+        }
+        const UNSUPPORTED: u64 = smtp_proto::MAIL_REQUIRETLS
+            | smtp_proto::MAIL_CONPERM
+            | smtp_proto::MAIL_BY_NOTIFY
+            | smtp_proto::MAIL_BY_RETURN
+            | smtp_proto::MAIL_BY_TRACE;
+        if from.flags & UNSUPPORTED != 0
+            || from.by != 0
+            || from.hold_for != 0
+            || from.hold_until != 0
+            || from.mt_priority != 0
+            || from.trans_id.is_some()
+            || from.solicit.is_some()
+            || from.mtrk.is_some()
+        {
+            return Reply::new(555, "5.5.4", "MAIL parameter not supported");
+        }
+        if address.len() > MAX_PATH {
+            return Reply::new(501, "5.1.7", "Sender address too long");
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !address.is_ascii() && !smtputf8 {
+            return Reply::new(553, "5.6.7", "Non-ASCII sender address needs the SMTPUTF8 parameter");
+        }
+        let max = self.ctx.cfg.limits.max_message_size;
+        if from.size as u64 > max {
+            return canned::too_large(max);
+        }
+        let ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(DsnRet::Full)
+        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(DsnRet::Hdrs)
+        } else {
+            None
+        };
+        let r = Reply::new(250, "2.1.0", format!("Sender <{address}> OK"));
+        self.tx = Some(Transaction {
+            sender: address,
+            body_type: if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+                BodyType::EightBitMime
+            } else {
+                BodyType::SevenBit
+            },
+            smtputf8,
+            declared_size: (from.size > 0).then_some(from.size as u64),
+            ret,
+            envid: from.env_id.map(|e| e.into_owned()),
+            rcpts: Vec::new(),
+            bdat: None,
+        });
+        r
+    }
+
+    fn relay_allowed(&self, address: &str) -> bool {
+        let domain = match address.rsplit_once('@') {
+            Some((_, d)) => d,
+            // `<postmaster>` without a domain must always be accepted (RFC 5321 §4.5.1).
+            None => return address.eq_ignore_ascii_case("postmaster"),
+        };
+        if self.ctx.relay.is_local(domain) {
+            return true;
+        }
+        self.auth_user.is_some() || self.ctx.relay.network_allowed(self.peer.ip())
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Reply {
+        let max = self.ctx.cfg.limits.max_recipients;
+        let esmtp = self.esmtp;
+        let Some(tx) = self.tx.as_ref() else {
+            return canned::bad_sequence("need MAIL before RCPT");
+        };
+        if tx.bdat.is_some() {
+            return canned::bad_sequence("RCPT after BDAT");
+        }
+        if tx.rcpts.len() >= max {
+            return Reply::new(452, "4.5.3", format!("Too many recipients (at most {max} per message)"));
+        }
+        let smtputf8 = tx.smtputf8;
+        let address = to.address.into_owned();
+        if address.is_empty() || address.len() > MAX_PATH {
+            return Reply::new(501, "5.1.3", "Bad recipient address syntax");
+        }
+        if !esmtp && (to.flags != 0 || to.orcpt.is_some()) {
+            return Reply::new(555, "5.5.4", "RCPT parameters need EHLO, not HELO");
+        }
+        if to.flags & !(smtp_proto::RCPT_NOTIFY_NEVER
+            | smtp_proto::RCPT_NOTIFY_SUCCESS
+            | smtp_proto::RCPT_NOTIFY_FAILURE
+            | smtp_proto::RCPT_NOTIFY_DELAY)
+            != 0
+            || to.rrvs != 0
+        {
+            return Reply::new(555, "5.5.4", "RCPT parameter not supported");
+        }
+        if !address.is_ascii() && !smtputf8 {
+            return Reply::new(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
+        }
+        if !address.contains('@') && !address.eq_ignore_ascii_case("postmaster") {
+            return Reply::new(501, "5.1.3", "Recipient address must have a domain");
+        }
+        if !self.relay_allowed(&address) {
+            return Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
+        }
+        let r = Reply::new(250, "2.1.5", format!("Recipient <{address}> OK"));
+        let Some(tx) = self.tx.as_mut() else {
+            return canned::bad_sequence("need MAIL before RCPT");
+        };
+        if !tx.rcpts.iter().any(|r| r.address == address) {
+            tx.rcpts.push(Recipient {
+                address,
+                orcpt: to.orcpt.map(|o| o.into_owned()),
+                notify: Notify::from_flags(to.flags),
+                status: RecipientStatus::Pending,
+            });
+        }
+        r
+    }
+
+    /// The check shared by DATA and BDAT before content is taken.
+    fn content_allowed(&self) -> Result<(), Reply> {
+        match &self.tx {
+            None => Err(canned::bad_sequence("need MAIL and RCPT first")),
+            Some(tx) if tx.rcpts.is_empty() => Err(Reply::new(554, "5.5.1", "No valid recipients")),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn data(&mut self) -> Flow {
+        if let Err(r) = self.content_allowed() {
+            self.reply(r);
+            return Flow::Continue;
+        }
+        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            self.reply(canned::bad_sequence("DATA after BDAT"));
+            return Flow::Continue;
+        }
+        self.reply(Reply::bare(354, "End data with <CR><LF>.<CR><LF>"));
+        let id = new_id();
+        let header = self.received_header(&id);
+        let header_len = header.len();
+        let cfg = &self.ctx.cfg;
+        let mut decoder = DataDecoder::new(
+            header,
+            cfg.limits.max_message_size,
+            cfg.bare_line_endings,
+            cfg.long_lines == LongLines::Reject,
+        );
+        let timeout = cfg.limits.data_timeout;
+        loop {
+            let buf = self.conn.buffered();
+            if !buf.is_empty() {
+                let n = buf.len();
+                if let Some(used) = decoder.feed(buf) {
+                    self.conn.consume(used);
+                    break;
+                }
+                self.conn.consume(n);
+            }
+            match self.conn.fill(timeout).await {
+                Ok(()) => {}
+                Err(ReadError::Timeout) => {
+                    self.reply(canned::timeout());
+                    return Flow::Close;
+                }
+                Err(_) => return Flow::Close,
+            }
+        }
+        let result = decoder.finish();
+        let r = match result {
+            Err(DataProblem::TooLarge) => canned::too_large(self.ctx.cfg.limits.max_message_size),
+            Err(DataProblem::BareLineEnding) => Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: bare CR or LF line ending (lines must end with CRLF, RFC 5321 2.3.8)",
+            ),
+            Err(DataProblem::LineTooLong) => Reply::new(
+                500,
+                "5.6.0",
+                "Message refused: a line is longer than 1000 octets (RFC 5321 4.5.3.1.6)",
+            ),
+            Ok(body) => self.enqueue(id, header_len, body).await,
+        };
+        self.reset_transaction();
+        self.reply(r);
+        Flow::Continue
+    }
+
+    async fn bdat(&mut self, chunk_size: usize, is_last: bool) -> Flow {
+        // The chunk is read whatever happens, so the command stream stays in step.
+        let allowed = self.content_allowed();
+        let max = usize::try_from(self.ctx.cfg.limits.max_message_size).unwrap_or(usize::MAX);
+        if allowed.is_ok() {
+            let needs_start = self.tx.as_ref().is_some_and(|t| t.bdat.is_none());
+            if needs_start {
+                let id = new_id();
+                let header = self.received_header(&id);
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.bdat = Some(BdatBody {
+                        id,
+                        header_len: header.len(),
+                        body: header,
+                        too_large: false,
+                    });
+                }
+            }
+        }
+        let timeout = self.ctx.cfg.limits.data_timeout;
+        let mut left = chunk_size;
+        while left > 0 {
+            let bytes = match self.conn.read_some(left.min(64 * 1024), timeout).await {
+                Ok(b) => b,
+                Err(ReadError::Timeout) => {
+                    self.reply(canned::timeout());
+                    return Flow::Close;
+                }
+                Err(_) => return Flow::Close,
+            };
+            left -= bytes.len();
+            if let Some(b) = self.tx.as_mut().and_then(|t| t.bdat.as_mut()) {
+                if !b.too_large {
+                    if b.body.len() - b.header_len + bytes.len() > max {
+                        b.too_large = true;
+                        b.body = Vec::new();
+                    } else {
+                        b.body.extend_from_slice(&bytes);
+                    }
+                }
+            }
+        }
+        if let Err(r) = allowed {
+            self.reply(r);
+            return Flow::Continue;
+        }
+        let too_large = self
+            .tx
+            .as_ref()
+            .and_then(|t| t.bdat.as_ref())
+            .is_some_and(|b| b.too_large);
+        if too_large {
+            self.reset_transaction();
+            self.reply(canned::too_large(self.ctx.cfg.limits.max_message_size));
+            return Flow::Continue;
+        }
+        if !is_last {
+            self.reply(Reply::new(250, "2.0.0", format!("{chunk_size} octets received")));
+            return Flow::Continue;
+        }
+        let taken = self.tx.as_mut().and_then(|t| t.bdat.take());
+        let r = match taken {
+            Some(b) => self.enqueue(b.id, b.header_len, b.body).await,
+            None => canned::bad_sequence("no message in progress"),
+        };
+        self.reset_transaction();
+        self.reply(r);
+        Flow::Continue
+    }
+
+    /// Writes the transaction to the queue; the reply says whether it is safe.
+    async fn enqueue(&mut self, id: String, header_len: usize, body: Vec<u8>) -> Reply {
+        let Some(tx) = self.tx.as_ref() else {
+            return canned::bad_sequence("no transaction");
+        };
+        let now = chrono::Utc::now();
+        let meta = MessageMeta {
+            id: id.clone(),
+            received_at: now.timestamp(),
+            sender: tx.sender.clone(),
+            recipients: tx.rcpts.clone(),
+            body_type: tx.body_type,
+            smtputf8: tx.smtputf8,
+            declared_size: tx.declared_size,
+            dsn_ret: tx.ret,
+            dsn_envid: tx.envid.clone(),
+            session: self.facts(),
+            size: body.len() as u64,
+            state: MessageState::Queued,
+            next_attempt_ms: now_ms(),
+            attempts: 0,
+        };
+        match self.ctx.queue.insert(&meta, &body).await {
+            Ok(()) => {
+                let content = (body.len() - header_len) as u64;
+                metrics::counter!("weir_messages_accepted_total", "listener" => self.ctx.name.clone()).increment(1);
+                metrics::counter!("weir_bytes_accepted_total", "listener" => self.ctx.name.clone()).increment(content);
+                tracing::info!(
+                    id = %id,
+                    listener = %self.ctx.name,
+                    client = %self.peer.ip(),
+                    from = %meta.sender,
+                    rcpts = meta.recipients.len(),
+                    size = meta.size,
+                    "queued"
+                );
+                Reply::new(250, "2.0.0", format!("OK: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "queue write failed; transaction refused with 451");
+                canned::queue_failed()
+            }
+        }
+    }
+
+    fn facts(&self) -> SessionFacts {
+        SessionFacts {
+            listener: self.ctx.name.clone(),
+            client_ip: self.peer.ip().to_string(),
+            client_port: self.peer.port(),
+            local_addr: self.local.to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            esmtp: self.esmtp,
+            tls: self.tls.clone(),
+            auth_user: self.auth_user.clone(),
+        }
+    }
+
+    /// The Received: trace header (RFC 5321 §4.4), with the protocol name
+    /// of RFC 3848 / RFC 6531 (ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS, ...).
+    fn received_header(&self, id: &str) -> Vec<u8> {
+        let smtputf8 = self.tx.as_ref().is_some_and(|t| t.smtputf8);
+        let mut proto = String::from(if smtputf8 {
+            "UTF8SMTP"
+        } else if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        });
+        if self.tls.is_some() {
+            proto.push('S');
+        }
+        if self.auth_user.is_some() {
+            proto.push('A');
+        }
+        let helo = sanitize(self.helo.as_deref().unwrap_or("unknown"));
+        let ip = match self.peer.ip() {
+            IpAddr::V4(v4) => format!("[{v4}]"),
+            IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+        };
+        let mut h = format!("Received: from {helo} ({ip})\r\n\tby {} (Weir) with {proto} id {id}", self.ctx.hostname);
+        if let Some(t) = &self.tls {
+            h.push_str(&format!("\r\n\t(using {} with cipher {})", t.version, t.cipher));
+        }
+        if let Some(tx) = &self.tx {
+            if tx.rcpts.len() == 1 {
+                h.push_str(&format!("\r\n\tfor <{}>", sanitize(&tx.rcpts[0].address)));
+            }
+        }
+        h.push_str(&format!(";\r\n\t{}\r\n", chrono::Utc::now().to_rfc2822()));
+        h.into_bytes()
+    }
+
+    async fn starttls(&mut self) -> Flow {
+        if self.tls.is_some() {
+            self.reply(canned::bad_sequence("TLS already active"));
+            return Flow::Continue;
+        }
+        let acceptor = match (&self.ctx.tls, self.ctx.cfg.tls) {
+            (Some(a), TlsMode::Starttls) => a.clone(),
+            _ => {
+                self.reply(Reply::new(502, "5.5.1", "STARTTLS not offered on this listener"));
+                return Flow::Continue;
+            }
+        };
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // start_tls drops whatever the client sent after STARTTLS in the clear.
+        match self.conn.start_tls(&acceptor, self.ctx.cfg.limits.tls_handshake_timeout).await {
+            Ok(info) => {
+                // RFC 3207 §4.2: forget everything learned before the handshake.
+                self.helo = None;
+                self.esmtp = false;
+                self.auth_user = None;
+                self.tx = None;
+                self.tls = Some(info);
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, listener = %self.ctx.name, error = %e, "STARTTLS handshake failed");
+                metrics::counter!("weir_tls_handshake_failures_total", "listener" => self.ctx.name.clone()).increment(1);
+                Flow::Close
+            }
+        }
+    }
+
+    /// Reads one SASL response line; None ends the exchange (reply queued).
+    async fn sasl_line(&mut self) -> Result<Option<String>, Flow> {
+        match self.conn.read_line(MAX_AUTH_LINE + 2, self.ctx.cfg.limits.command_timeout).await {
+            Ok(Line::Complete(l)) => {
+                let s = String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string();
+                if s == "*" {
+                    self.reply(Reply::new(501, "5.7.0", "Authentication cancelled"));
+                    return Ok(None);
+                }
+                Ok(Some(s))
+            }
+            Ok(Line::TooLong) => {
+                self.reply(Reply::new(500, "5.5.6", "Authentication exchange line is too long"));
+                Ok(None)
+            }
+            Err(ReadError::Timeout) => {
+                self.reply(canned::timeout());
+                Err(Flow::Close)
+            }
+            Err(_) => Err(Flow::Close),
+        }
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Flow {
+        if self.ctx.cfg.auth == AuthMode::None {
+            self.reply(Reply::new(502, "5.5.1", "AUTH not offered on this listener"));
+            return Flow::Continue;
+        }
+        if self.tls.is_none() && !self.ctx.cfg.auth_over_plaintext {
+            self.reply(canned::encryption_required());
+            return Flow::Continue;
+        }
+        if !self.esmtp {
+            self.reply(canned::bad_sequence("send EHLO first"));
+            return Flow::Continue;
+        }
+        if self.auth_user.is_some() {
+            self.reply(canned::bad_sequence("already authenticated"));
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(canned::bad_sequence("AUTH not allowed during a mail transaction"));
+            return Flow::Continue;
+        }
+        let creds: Result<(String, String), SaslError> = if mechanism == smtp_proto::AUTH_PLAIN {
+            let resp = if initial.is_empty() {
+                self.reply(Reply::bare(334, ""));
+                match self.sasl_line().await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Flow::Continue,
+                    Err(f) => return f,
+                }
+            } else {
+                initial
+            };
+            auth::decode_plain(&resp)
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            let user_b64 = if initial.is_empty() {
+                self.reply(Reply::bare(334, auth::encode_b64(b"Username:")));
+                match self.sasl_line().await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Flow::Continue,
+                    Err(f) => return f,
+                }
+            } else {
+                initial
+            };
+            match auth::decode_login_field(&user_b64) {
+                Err(e) => Err(e),
+                Ok(user) => {
+                    self.reply(Reply::bare(334, auth::encode_b64(b"Password:")));
+                    match self.sasl_line().await {
+                        Ok(Some(s)) => auth::decode_login_field(&s).map(|p| (user, p)),
+                        Ok(None) => return Flow::Continue,
+                        Err(f) => return f,
+                    }
+                }
+            }
+        } else {
+            self.reply(Reply::new(504, "5.5.4", "Unrecognized authentication type; use PLAIN or LOGIN"));
+            return Flow::Continue;
+        };
+        let (user, pass) = match creds {
+            Ok(c) => c,
+            Err(SaslError::Encoding) => {
+                self.reply(Reply::new(501, "5.5.2", "Invalid base64 in authentication exchange"));
+                return Flow::Continue;
+            }
+            Err(SaslError::Malformed) => {
+                self.reply(canned::auth_failed());
+                return Flow::Continue;
+            }
+        };
+        let users = self.ctx.users.clone();
+        let u = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.verify(&u, &pass))
+            .await
+            .unwrap_or(false);
+        let listener = self.ctx.name.clone();
+        if ok {
+            metrics::counter!("weir_auth_total", "listener" => listener, "result" => "success").increment(1);
+            tracing::info!(peer = %self.peer, user = %user, "authenticated");
+            self.auth_user = Some(user);
+            self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+        } else {
+            metrics::counter!("weir_auth_total", "listener" => listener, "result" => "failure").increment(1);
+            tracing::info!(peer = %self.peer, user = %user, "authentication failed");
+            self.reply(canned::auth_failed());
+        }
+        Flow::Continue
+    }
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// The first word of a line, for metrics labels on lines that did not parse.
+fn command_word(line: &[u8]) -> &'static str {
+    const KNOWN: [&str; 14] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "STARTTLS", "AUTH", "EXPN",
+    ];
+    let word: Vec<u8> = line.iter().take_while(|b| b.is_ascii_alphabetic()).copied().collect();
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(&word))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The reply to a line smtp-proto could not parse.
+fn syntax_reply(e: smtp_proto::Error, line: &[u8]) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::UnknownCommand => {
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                Reply::new(500, "5.5.2", "Empty command line")
+            } else {
+                Reply::new(500, "5.5.1", "Command unrecognized")
+            }
+        }
+        E::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        E::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+        E::SyntaxError { syntax } => Reply::new(501, "5.5.2", format!("Syntax error, expected: {syntax}")),
+        E::InvalidParameter { param } => Reply::new(501, "5.5.4", format!("Invalid value for parameter {param}")),
+        E::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("Parameter {} not supported", sanitize(&param)))
+        }
+        E::NeedsMoreData { .. } | E::ResponseTooLong | E::InvalidResponse { .. } => {
+            Reply::new(501, "5.5.2", "Syntax error in command")
+        }
+    }
+}
+
+/// Keeps client-supplied text printable and free of header/comment syntax.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(255)
+        .map(|c| {
+            if c.is_alphanumeric() || "@.-_+=:[]!#$%&'*/?^`{|}~".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,441 @@
+//! Shared helpers for the end-to-end tests: start a real `weir serve` on
+//! free loopback ports in a temporary data directory, talk raw SMTP to it
+//! (plain or TLS), run `weir` subcommands, and stop it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// The repository root (for tests/clients scripts and shared/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub ports: HashMap<String, u16>,
+    pub metrics_port: u16,
+}
+
+/// A config template: `{port:NAME}` becomes a free port (the same for
+/// every use of NAME), `{metrics}` the metrics port.
+pub fn render(template: &str, ports: &mut HashMap<String, u16>, metrics_port: u16) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find("{port:") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 6..];
+        let j = after.find('}').expect("closing brace");
+        let name = &after[..j];
+        let p = *ports.entry(name.to_string()).or_insert_with(free_port);
+        out.push_str(&p.to_string());
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    out.replace("{metrics}", &metrics_port.to_string())
+}
+
+/// A listener block with sensible test defaults.
+pub const BASIC: &str = r#"
+server:
+  hostname: mx.test
+  shutdown_grace: 10s
+listeners:
+  mx:
+    bind: 127.0.0.1:{port:mx}
+    tls: starttls
+    auth: offer
+metrics:
+  bind: 127.0.0.1:{metrics}
+relay:
+  local_domains: [localhost, example.org]
+"#;
+
+impl Server {
+    pub fn start(template: &str) -> Server {
+        Self::start_with(template, &[])
+    }
+
+    pub fn start_with(template: &str, extra_args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = HashMap::new();
+        let metrics_port = free_port();
+        let text = render(template, &mut ports, metrics_port);
+        let config = dir.path().join("weir.yaml");
+        std::fs::write(&config, text).expect("write config");
+        let mut s = Server {
+            child: None,
+            dir,
+            config,
+            ports,
+            metrics_port,
+        };
+        s.spawn(extra_args);
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weir.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the server process and waits until every listener answers.
+    pub fn spawn(&mut self, extra_args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = Command::new(WEIR);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn weir");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (name, port) in self.ports.clone() {
+            loop {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("weir exited early ({status}) starting listener {name}:\n{}", self.log());
+                    }
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "listener {name} on {port} never came up:\n{}", self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        *self.ports.get(name).unwrap_or_else(|| panic!("no port named {name}"))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends a signal and waits for the process to end; returns its exit status.
+    pub fn signal_and_wait(&mut self, sig: i32, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.pid();
+        unsafe {
+            libc::kill(pid, sig);
+        }
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "weir did not exit after signal {sig}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            let st = self.signal_and_wait(libc::SIGTERM, Duration::from_secs(30));
+            assert!(st.success(), "weir exited with {st} on SIGTERM:\n{}", self.log());
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if self.child.is_some() {
+            self.signal_and_wait(libc::SIGKILL, Duration::from_secs(30));
+        }
+    }
+
+    /// Runs `weir ARGS --config CONFIG --data-dir DATA`.
+    pub fn weir(&self, args: &[&str]) -> Output {
+        Command::new(WEIR)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .expect("run weir")
+    }
+
+    /// The queue as `weir queue list --json` reports it.
+    pub fn queue_list(&self) -> Vec<serde_json::Value> {
+        let out = self.weir(&["queue", "list", "--json"]);
+        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("queue list JSON")
+    }
+
+    pub fn queue_show(&self, id: &str) -> serde_json::Value {
+        let out = self.weir(&["queue", "show", id, "--json"]);
+        assert!(out.status.success(), "queue show failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("queue show JSON")
+    }
+
+    pub fn queue_raw(&self, id: &str) -> Vec<u8> {
+        let out = self.weir(&["queue", "show", id, "--raw"]);
+        assert!(out.status.success(), "queue show --raw failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir().join("tls").join("selfsigned.crt")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok();
+    out
+}
+
+/// Reads the value of a Prometheus series line that starts with `prefix`
+/// (name plus labels), summing every match.
+pub fn metric_value(text: &str, name: &str, label_parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| label_parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The client side of a test connection: plain TCP, or TLS over it.
+pub enum ClientStream {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.read(buf),
+            ClientStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.write(buf),
+            ClientStream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => s.flush(),
+            ClientStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A raw SMTP client for protocol tests, over TCP or TLS.
+pub struct Smtp {
+    r: BufReader<ClientStream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Resp {
+    /// Asserts code and enhanced code, e.g. `r.is(503, "5.5.1")`.
+    pub fn is(&self, code: u16, enhanced: &str) -> &Self {
+        assert_eq!(self.code, code, "unexpected reply: {}", self.text);
+        if !enhanced.is_empty() {
+            let first = self.text.lines().next().unwrap_or("");
+            assert!(
+                first.get(4..).unwrap_or("").starts_with(enhanced),
+                "expected enhanced code {enhanced} in: {}",
+                self.text
+            );
+        }
+        self
+    }
+}
+
+impl Smtp {
+    pub fn connect(port: u16) -> Smtp {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        s.set_nodelay(true).ok();
+        let mut c = Smtp {
+            r: BufReader::new(ClientStream::Tcp(s)),
+        };
+        c.read().is(220, "");
+        c
+    }
+
+    pub fn connect_tls(port: u16, cert: &Path) -> Smtp {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let tls = tls_client(s, cert);
+        let mut c = Smtp {
+            r: BufReader::new(ClientStream::Tls(Box::new(tls))),
+        };
+        c.read().is(220, "");
+        c
+    }
+
+    /// Sends STARTTLS (plus `pipelined` in the same write) and upgrades.
+    pub fn starttls(self, cert: &Path, pipelined: &str) -> Smtp {
+        let mut inner = self.r;
+        assert!(inner.buffer().is_empty(), "unread data before STARTTLS");
+        let stream = inner.get_mut();
+        write!(stream, "STARTTLS\r\n{pipelined}").expect("send STARTTLS");
+        stream.flush().ok();
+        let mut c = Smtp { r: inner };
+        c.read().is(220, "2.0.0");
+        assert!(c.r.buffer().is_empty(), "the server answered the command pipelined after STARTTLS");
+        let tcp = match c.r.into_inner() {
+            ClientStream::Tcp(t) => t,
+            ClientStream::Tls(_) => panic!("STARTTLS on a TLS connection"),
+        };
+        let tls = tls_client(tcp, cert);
+        Smtp {
+            r: BufReader::new(ClientStream::Tls(Box::new(tls))),
+        }
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        let s = self.r.get_mut();
+        s.write_all(data).expect("send");
+        s.flush().ok();
+    }
+
+    pub fn read(&mut self) -> Resp {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.r.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while reading a reply (so far: {text:?})");
+            text.push_str(&line);
+            let b = line.as_bytes();
+            assert!(b.len() >= 4, "short reply line {line:?}");
+            if b[3] == b' ' || b[3] == b'\r' {
+                let code = line[..3].parse().expect("reply code");
+                return Resp { code, text };
+            }
+        }
+    }
+
+    /// Reads until the server closes; true if it did within the timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(self.r.read(&mut buf), Ok(0))
+    }
+
+    pub fn cmd(&mut self, line: &str) -> Resp {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read()
+    }
+
+    /// EHLO, MAIL, RCPT..., DATA, the message, and the final reply.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> Resp {
+        self.cmd(&format!("MAIL FROM:<{from}>")).is(250, "2.1.0");
+        for t in to {
+            self.cmd(&format!("RCPT TO:<{t}>")).is(250, "2.1.5");
+        }
+        self.cmd("DATA").is(354, "");
+        self.send(body.as_bytes());
+        self.send(b"\r\n.\r\n");
+        self.read()
+    }
+}
+
+/// Queue id from a "250 2.0.0 OK: queued as ID" reply.
+pub fn queued_id(r: &Resp) -> String {
+    r.is(250, "2.0.0");
+    r.text
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .expect("queue id")
+        .to_string()
+}
+
+pub fn tls_client(tcp: TcpStream, cert: &Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("read cert") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client conn");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // Drive the handshake now so failures show here.
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+    }
+    s
+}
+
+/// Runs a command, failing the test with its output if it does not succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
