@@ -32,7 +32,7 @@ fn config_check_reports_line_and_column() {
         ("server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 999.0.0.1:25\n", "FILE:5:11", "invalid socket address"),
         ("listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    limits:\n      max_recipients: many\n", "FILE:5:23", "invalid type"),
         ("listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    limits:\n      command_timeout: soon\n", "FILE:5:24", ""),
-        ("listeners:\n  mx: [\n", "FILE:3:1", ""),
+        ("listeners:\n  mx: [\n", "FILE:2:7", "invalid type: sequence"),
     ];
     for (text, loc, words) in cases {
         let (code, _, err) = check(text, &[]);
@@ -104,6 +104,7 @@ fn embedded_default_runs_with_overrides() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&id) && text.contains("1 message"), "{text}");
     assert!(http_get(pm, "/metrics").contains("weir_messages_accepted_total"));
+    c.cmd("QUIT").is(221, "2.0.0");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -128,7 +129,7 @@ fn queue_commands_with_and_without_a_running_server() {
     let mut c = Smtp::connect(s.port("mx"));
     c.cmd("EHLO client.test").is(250, "");
     let a = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: one\r\n\r\n1"));
-    let b = queued_id(&c.send_mail("<>", &["postmaster@localhost"], "Subject: two\r\n\r\n2"));
+    let b = queued_id(&c.send_mail("", &["postmaster@localhost"], "Subject: two\r\n\r\n2"));
     // While running (through the control socket).
     let list = s.queue_list();
     assert_eq!(list.len(), 2);

@@ -55,7 +55,7 @@ fn client(port: u16, n: usize, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -
         if !ok {
             break;
         }
-        let body = format!("Subject: {token}\r\nX-Token: {token}\r\n\r\n{}\r\n.\r\n", "d".repeat(2000));
+        let body = format!("Subject: {token}\r\nX-Token: {token}\r\n\r\n{}.\r\n", ("d".repeat(76) + "\r\n").repeat(26));
         if w.write_all(body.as_bytes()).is_err() {
             break;
         }

@@ -333,7 +333,10 @@ impl Smtp {
         let mut inner = self.r;
         assert!(inner.buffer().is_empty(), "unread data before STARTTLS");
         let stream = inner.get_mut();
-        write!(stream, "STARTTLS\r\n{pipelined}").expect("send STARTTLS");
+        // One write, so the injected bytes travel with STARTTLS as an attacker's would.
+        stream
+            .write_all(format!("STARTTLS\r\n{pipelined}").as_bytes())
+            .expect("send STARTTLS");
         stream.flush().ok();
         let mut c = Smtp { r: inner };
         c.read().is(220, "2.0.0");

@@ -207,7 +207,10 @@ impl Session {
                 let r = self.mail(from);
                 self.reply(r);
             }
-            Request::Rcpt { to } => {
+            Request::Rcpt { mut to } => {
+                if to.address.is_empty() && is_bare_postmaster(line) {
+                    to.address = "postmaster".into();
+                }
                 let r = self.rcpt(to);
                 self.reply(r);
             }
@@ -785,6 +788,22 @@ impl Session {
         }
         Flow::Continue
     }
+}
+
+/// `RCPT TO:<Postmaster>` without a domain must be accepted (RFC 5321
+/// §4.5.1); smtp-proto reads it as an empty address, like `<>`.
+fn is_bare_postmaster(line: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(line) else {
+        return false;
+    };
+    let (Some(verb), Some(rest)) = (s.get(..8), s.get(8..)) else {
+        return false;
+    };
+    verb.eq_ignore_ascii_case("RCPT TO:")
+        && rest
+            .trim_start()
+        .get(..12)
+        .is_some_and(|a| a.eq_ignore_ascii_case("<postmaster>"))
 }
 
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
