@@ -23,6 +23,7 @@ SESSIONS=${SESSIONS:-"20 100"}
 command -v smtp-source >/dev/null || { echo "smtp-source missing (apt-get install postfix)" >&2; exit 1; }
 
 TMP=$(mktemp -d /var/tmp/weir-bench.XXXXXX)
+chmod 755 "$TMP"
 WEIR_PID=""
 PF="$TMP/postfix"
 cleanup() {
@@ -82,10 +83,12 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 default_process_limit = 200
 maillog_file = $PF/maillog
+maillog_file_prefixes = $PF
 EOF
+chown postfix:postfix "$PF/data"
 postfix -c "$PF/etc" set-permissions >/dev/null 2>&1 || true
 if ! postfix -c "$PF/etc" start >"$TMP/postfix-start.log" 2>&1; then
-  echo "Postfix did not start:" >&2; cat "$TMP/postfix-start.log" >&2; exit 1
+  echo "Postfix did not start:" >&2; cat "$TMP/postfix-start.log" "$PF/maillog" >&2; exit 1
 fi
 
 wait_port() {
