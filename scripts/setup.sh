@@ -2,13 +2,15 @@
 # Installs what this machine lacks to build and test Weir, and nothing else:
 #  - Debian packages: clang + libclang (RocksDB is built from source and its
 #    bindings need libclang), Postfix (smtp-source/smtp-sink for tests and
-#    the benchmark), swaks, python3 (smtplib).
+#    the benchmark), swaks, python3 (smtplib), python3-aiosmtpd (an LMTP
+#    server for delivery tests, run with /usr/bin/python3), dnsmasq-base
+#    (a DNS server on loopback serving test MX records).
 #  - the wasm32-wasip2 Rust target (plugins are built for it).
 # Safe to run again: it only calls apt-get when a package is missing.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev postfix swaks python3; do
+for pkg in clang libclang-dev postfix swaks python3 python3-aiosmtpd dnsmasq-base; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     need+=("$pkg")
   fi

@@ -99,10 +99,31 @@ fn embedded_default_runs_with_overrides() {
     c.cmd("EHLO client.test").is(250, "");
     c.cmd("MAIL FROM:<someone@example.org>").is(250, "2.1.0");
     c.cmd("RCPT TO:<someone@elsewhere.example>").is(554, "5.7.1");
+    // The message is delivered into ./data/mail/localhost/postmaster (Maildir).
+    let new = data.join("mail/localhost/postmaster/new");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let files: Vec<_> = std::fs::read_dir(&new).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        if let Some(f) = files.first() {
+            break std::fs::read_to_string(f).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing delivered into {}", new.display());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(delivered.contains(&format!("id {id}")), "{delivered}");
+    assert!(delivered.starts_with("Return-Path: <someone@example.org>\nDelivered-To: postmaster@localhost\n"), "{delivered}");
     // `weir queue list` finds the queue the same way (./data), while the server runs.
-    let out = Command::new(WEIR).current_dir(dir.path()).args(["queue", "list"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&id) && text.contains("1 message"), "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(WEIR).current_dir(dir.path()).args(["queue", "list"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        if text.contains("0 messages") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "delivered message still queued: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(http_get(pm, "/metrics").contains("weir_messages_accepted_total"));
     c.cmd("QUIT").is(221, "2.0.0");
     unsafe {

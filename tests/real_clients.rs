@@ -35,6 +35,8 @@ auth:
     alice: "{}"
 metrics:
   bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
 "#,
         hash.trim()
     );

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::control::QueueAccess;
+use crate::queue::message::MessageState;
 use crate::queue::MessageMeta;
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -55,6 +56,16 @@ enum Command {
     Passwd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StateFilter {
+    /// Not tried yet.
+    Queued,
+    /// Tried and waiting for the next attempt.
+    Deferred,
+    /// Held by an operator.
+    Held,
+}
+
 #[derive(Subcommand)]
 enum QueueCommand {
     /// List queued messages.
@@ -64,6 +75,44 @@ enum QueueCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only messages in this state.
+        #[arg(long)]
+        state: Option<StateFilter>,
+        /// Only messages with a pending recipient at this domain.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only messages older than this (e.g. 10m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+    /// Schedule an attempt now: one message, all, or one destination's.
+    Retry {
+        #[command(flatten)]
+        common: Common,
+        #[arg(required_unless_present_any = ["all", "destination"], conflicts_with_all = ["all", "destination"])]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "destination")]
+        all: bool,
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Keep a message from being delivered until it is released.
+    Hold {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+    /// Put a held message back into scheduling.
+    Release {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+    /// Fail a message's pending recipients now and send the DSN.
+    Bounce {
+        #[command(flatten)]
+        common: Common,
+        id: String,
     },
     /// Show one message: envelope, session facts, state.
     Show {
@@ -210,15 +259,66 @@ fn not_found(id: &str) -> Failure {
 
 fn queue(cmd: QueueCommand) -> Result<(), Failure> {
     let common = match &cmd {
-        QueueCommand::List { common, .. } | QueueCommand::Show { common, .. } | QueueCommand::Delete { common, .. } => {
-            common.clone()
+        QueueCommand::List { common, .. }
+        | QueueCommand::Show { common, .. }
+        | QueueCommand::Delete { common, .. }
+        | QueueCommand::Retry { common, .. }
+        | QueueCommand::Hold { common, .. }
+        | QueueCommand::Release { common, .. }
+        | QueueCommand::Bounce { common, .. } => common.clone(),
+    };
+    let (config, data_dir) = load(&common)?;
+    let access = QueueAccess::open(&data_dir, &config.hostname())?;
+    let refuse_missing = |e: anyhow::Error| -> Failure {
+        let message = format!("{e:#}");
+        if message.starts_with("no message ") {
+            Failure { code: EXIT_NOT_FOUND, message }
+        } else {
+            Failure { code: EXIT_FAILURE, message }
         }
     };
-    let (_config, data_dir) = load(&common)?;
-    let access = QueueAccess::open(&data_dir)?;
     match cmd {
-        QueueCommand::List { json, .. } => {
-            let list = access.list()?;
+        QueueCommand::Retry { id, all, destination, .. } => {
+            use crate::delivery::ops::Selector;
+            let sel = match (id, all, destination) {
+                (Some(id), _, _) => Selector::Id(id),
+                (None, true, _) => Selector::All,
+                (None, false, Some(d)) => Selector::Destination(d),
+                (None, false, None) => Selector::All,
+            };
+            let n = access.retry(sel).map_err(refuse_missing)?;
+            println!("{n} message{} scheduled for delivery now", if n == 1 { "" } else { "s" });
+        }
+        QueueCommand::Hold { id, .. } => {
+            access.hold(&id).map_err(refuse_missing)?;
+            println!("held {id}");
+        }
+        QueueCommand::Release { id, .. } => {
+            access.release(&id).map_err(refuse_missing)?;
+            println!("released {id}");
+        }
+        QueueCommand::Bounce { id, .. } => {
+            access.bounce(&id).map_err(refuse_missing)?;
+            println!("bounced {id}");
+        }
+        QueueCommand::List { json, state, destination, older_than, .. } => {
+            let now = chrono::Utc::now().timestamp();
+            let list: Vec<MessageMeta> = access
+                .list()?
+                .into_iter()
+                .filter(|m| match state {
+                    None => true,
+                    Some(StateFilter::Held) => m.state == MessageState::Held,
+                    Some(StateFilter::Queued) => m.state == MessageState::Queued && m.attempts == 0,
+                    Some(StateFilter::Deferred) => m.state == MessageState::Queued && m.attempts > 0,
+                })
+                .filter(|m| {
+                    destination
+                        .as_deref()
+                        .is_none_or(|d| m.pending().any(|(_, r)| r.domain().eq_ignore_ascii_case(d)))
+                })
+                .filter(|m| older_than.is_none_or(|age| now - m.received_at >= age.as_secs() as i64))
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?);
             } else {
@@ -239,7 +339,7 @@ fn queue(cmd: QueueCommand) -> Result<(), Failure> {
             }
         }
         QueueCommand::Delete { id, .. } => {
-            if !access.delete(&id)? {
+            if !access.delete(&id).map_err(refuse_missing)? {
                 return Err(not_found(&id));
             }
             println!("deleted {id}");
@@ -275,12 +375,20 @@ fn print_table(list: &[MessageMeta]) {
             m.id,
             m.size,
             age(m.received_at),
-            format!("{:?}", m.state).to_lowercase(),
+            state_name(m),
             sender(&m.sender),
             rcpts.join(", ")
         );
     }
     println!("{} message{}", list.len(), if list.len() == 1 { "" } else { "s" });
+}
+
+fn state_name(m: &MessageMeta) -> &'static str {
+    match (m.state, m.attempts) {
+        (MessageState::Held, _) => "held",
+        (_, 0) => "queued",
+        _ => "deferred",
+    }
 }
 
 fn print_message(m: &MessageMeta) {
@@ -289,7 +397,8 @@ fn print_message(m: &MessageMeta) {
         .unwrap_or_default();
     println!("id:          {}", m.id);
     println!("received:    {received} ({} ago)", age(m.received_at));
-    println!("state:       {:?}", m.state);
+    println!("state:       {}", state_name(m));
+    println!("priority:    {:?}", m.priority);
     println!("size:        {} octets", m.size);
     println!("sender:      {}", sender(&m.sender));
     for r in &m.recipients {
@@ -306,7 +415,13 @@ fn print_message(m: &MessageMeta) {
         if !notify.is_empty() {
             extra.push(format!("NOTIFY={}", notify.join(",")));
         }
+        if let Some(route) = &r.route {
+            extra.push(format!("route={route}"));
+        }
         println!("recipient:   {} [{:?}] {}", r.address, r.status, extra.join(" "));
+        if let Some(reply) = &r.last_reply {
+            println!("             last reply: {reply}{}", r.remote.as_ref().map(|h| format!(" (from {h})")).unwrap_or_default());
+        }
     }
     println!("body:        {:?}{}", m.body_type, if m.smtputf8 { ", SMTPUTF8" } else { "" });
     if let Some(ret) = m.dsn_ret {
@@ -324,4 +439,22 @@ fn print_message(m: &MessageMeta) {
     }
     println!("auth:        {}", s.auth_user.as_deref().unwrap_or("none"));
     println!("attempts:    {}", m.attempts);
+    if m.state == MessageState::Queued && !m.is_done() {
+        let next = chrono::DateTime::from_timestamp_millis(m.next_attempt_ms as i64)
+            .map(|d| d.to_rfc2822())
+            .unwrap_or_default();
+        println!("next try:    {next}");
+    }
+    for a in &m.history {
+        let at = chrono::DateTime::from_timestamp(a.at, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+        println!(
+            "attempt:     {at} route={} destination={} remote={} result={} reply={:?} rcpts={}",
+            a.route,
+            a.destination,
+            a.remote.as_deref().unwrap_or("-"),
+            a.result,
+            a.reply,
+            a.recipients.join(",")
+        );
+    }
 }

@@ -35,6 +35,15 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Named routes (how mail leaves); see docs/configuration.md.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -129,6 +138,9 @@ pub struct ListenerConfig {
     pub bare_line_endings: BareLineEndings,
     #[serde(default = "default_long_lines")]
     pub long_lines: LongLines,
+    /// Priority class of mail accepted here (default: delivery.default_priority).
+    #[serde(default)]
+    pub priority: Option<Priority>,
 }
 
 fn default_tls_mode() -> TlsMode {
@@ -272,6 +284,231 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
         }
+    }
+}
+
+/// Priority classes: the scheduler always dispatches a due message of a
+/// higher class before one of a lower class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Transactional,
+    #[default]
+    Normal,
+    Bulk,
+}
+
+impl Priority {
+    pub fn index(self) -> u8 {
+        match self {
+            Priority::Transactional => 0,
+            Priority::Normal => 1,
+            Priority::Bulk => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Run the scheduler. Off, mail is accepted and kept in the queue.
+    pub enabled: bool,
+    /// Messages being delivered at once.
+    pub max_concurrency: usize,
+    /// Connections at once to one destination (a domain for `mx`, the host for `relay`/`lmtp`).
+    pub max_per_destination: usize,
+    /// Shortest time between two new connections to one destination (0: no limit).
+    #[serde(with = "humantime_serde")]
+    pub min_connection_interval: Duration,
+    /// Waits after the 1st, 2nd, ... failed attempt; the last one repeats.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// Randomises each wait by up to this fraction, so retries do not bunch up.
+    pub retry_jitter: f64,
+    /// After this long in the queue, what is left is bounced.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Send one delay notice (action=delayed) once a message waited this long; null: never.
+    #[serde(with = "humantime_serde")]
+    pub delay_notice_after: Option<Duration>,
+    /// Name used in EHLO/LHLO; default: server.hostname.
+    pub helo_name: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Waiting for a reply to a command (RFC 5321 §4.5.3.2: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Waiting for the reply after the end of data (§4.5.3.2.6: 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// How long an idle outbound connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// Priority class of messages with no other indication.
+    pub default_priority: Priority,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            max_concurrency: 100,
+            max_per_destination: 10,
+            min_connection_interval: Duration::ZERO,
+            retry_schedule: [60, 300, 900, 3600, 14400].iter().map(|s| Duration::from_secs(*s)).collect(),
+            retry_jitter: 0.1,
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            delay_notice_after: Some(Duration::from_secs(4 * 3600)),
+            helo_name: None,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            idle_connection_timeout: Duration::from_secs(10),
+            max_messages_per_connection: 100,
+            default_priority: Priority::Normal,
+        }
+    }
+}
+
+/// TLS on an outbound SMTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    /// Never.
+    None,
+    /// STARTTLS when offered; plain text when not, or when the handshake fails.
+    Opportunistic,
+    /// STARTTLS must succeed, or the attempt fails temporarily.
+    Required,
+    /// TLS from the first byte (a port-465 smarthost).
+    Implicit,
+}
+
+/// Credentials for a smarthost.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAuth {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RouteConfig {
+    /// The recipient domain's MX hosts (A/AAAA when there is no MX).
+    Mx {
+        #[serde(default = "default_smtp_port")]
+        port: u16,
+        #[serde(default = "default_opportunistic")]
+        tls: OutboundTls,
+        #[serde(default)]
+        verify_certificates: bool,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        priority: Option<Priority>,
+    },
+    /// A smarthost.
+    Relay {
+        host: String,
+        #[serde(default = "default_smtp_port")]
+        port: u16,
+        #[serde(default = "default_opportunistic")]
+        tls: OutboundTls,
+        #[serde(default = "default_true")]
+        verify_certificates: bool,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        auth: Option<RelayAuth>,
+        #[serde(default)]
+        priority: Option<Priority>,
+    },
+    /// An LMTP server (RFC 2033): `host:port` or `unix:/path/to/socket`.
+    Lmtp {
+        address: String,
+        #[serde(default)]
+        priority: Option<Priority>,
+    },
+    /// Local delivery into a Maildir per recipient. `path` may use
+    /// `{local}`, `{domain}` and `{address}`.
+    Maildir {
+        path: String,
+        #[serde(default)]
+        priority: Option<Priority>,
+    },
+    /// Accept and drop.
+    Discard {
+        #[serde(default)]
+        priority: Option<Priority>,
+    },
+}
+
+impl RouteConfig {
+    pub fn priority(&self) -> Option<Priority> {
+        match self {
+            RouteConfig::Mx { priority, .. }
+            | RouteConfig::Relay { priority, .. }
+            | RouteConfig::Lmtp { priority, .. }
+            | RouteConfig::Maildir { priority, .. }
+            | RouteConfig::Discard { priority } => *priority,
+        }
+    }
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_opportunistic() -> OutboundTls {
+    OutboundTls::Opportunistic
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Which route a recipient takes, until a policy plugin names one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Recipient domain to route name.
+    pub domains: BTreeMap<String, String>,
+    /// Route for every other domain. `mx` always exists (a default MX route).
+    pub default: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            domains: BTreeMap::new(),
+            default: "mx".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`IP` or `IP:PORT`); empty: the system's (/etc/resolv.conf).
+    pub servers: Vec<String>,
+    /// Per-query time budget.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[1m, 5m, 1h]`-style lists of durations.
+mod duration_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v: Vec<humantime_serde::Serde<Duration>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.into_inner()).collect())
     }
 }
 
@@ -435,11 +672,66 @@ impl Config {
                 return Err(format!("auth.users: {u:?} is not a usable user name"));
             }
         }
+        self.validate_delivery()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(format!(
                 "log.level: {:?} is not a filter such as `info` or `weir=debug`",
                 self.log.level
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), String> {
+        let d = &self.delivery;
+        if d.max_concurrency == 0 || d.max_per_destination == 0 || d.max_messages_per_connection == 0 {
+            return Err("delivery: max_concurrency, max_per_destination and max_messages_per_connection must be at least 1".into());
+        }
+        if d.retry_schedule.is_empty() {
+            return Err("delivery.retry_schedule: give at least one wait".into());
+        }
+        if !(0.0..=1.0).contains(&d.retry_jitter) {
+            return Err("delivery.retry_jitter: a fraction between 0 and 1".into());
+        }
+        for (name, r) in &self.routes {
+            match r {
+                RouteConfig::Relay { host, auth, tls, .. } => {
+                    if host.is_empty() {
+                        return Err(format!("routes.{name}.host: empty"));
+                    }
+                    if auth.is_some() && *tls == OutboundTls::None {
+                        return Err(format!("routes.{name}.auth: refusing to send a password without TLS (set tls)"));
+                    }
+                }
+                RouteConfig::Lmtp { address, .. } => {
+                    let ok = address.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
+                        || address.parse::<SocketAddr>().is_ok()
+                        || address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                    if !ok {
+                        return Err(format!("routes.{name}.address: expected host:port or unix:/path, got {address:?}"));
+                    }
+                }
+                RouteConfig::Maildir { path, .. } => {
+                    if path.is_empty() {
+                        return Err(format!("routes.{name}.path: empty"));
+                    }
+                }
+                RouteConfig::Mx { .. } | RouteConfig::Discard { .. } => {}
+            }
+        }
+        let known = |r: &str| r == "mx" || self.routes.contains_key(r);
+        if !known(&self.routing.default) {
+            return Err(format!("routing.default: no route named {:?}", self.routing.default));
+        }
+        for (domain, route) in &self.routing.domains {
+            if !known(route) {
+                return Err(format!("routing.domains.{domain}: no route named {route:?}"));
+            }
+        }
+        for s in &self.dns.servers {
+            if s.parse::<SocketAddr>().is_err() && s.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("dns.servers: {s:?} is not IP or IP:PORT"));
+            }
         }
         Ok(())
     }

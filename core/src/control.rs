@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::ops::{QueueOps, Selector};
 use crate::queue::{MessageMeta, Queue};
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -27,6 +28,10 @@ pub enum Request {
     Show { id: String },
     Body { id: String },
     Delete { id: String },
+    Retry { selector: Selector },
+    Hold { id: String },
+    Release { id: String },
+    Bounce { id: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,23 +43,31 @@ pub struct Response {
     pub result: serde_json::Value,
 }
 
-async fn handle(queue: &Queue, req: Request) -> Result<serde_json::Value> {
+async fn handle(ops: &QueueOps, req: Request) -> Result<serde_json::Value> {
+    let queue: &Queue = &ops.queue;
     Ok(match req {
         Request::List => serde_json::to_value(queue.list()?)?,
         Request::Show { id } => serde_json::to_value(queue.get(&id)?)?,
         Request::Body { id } => serde_json::to_value(queue.body(&id)?.map(|b| crate::auth::encode_b64(&b)))?,
-        Request::Delete { id } => {
-            let deleted = queue.delete(&id).await?;
-            if deleted {
-                tracing::info!(id = %id, "deleted by operator");
-            }
-            serde_json::Value::Bool(deleted)
+        Request::Delete { id } => serde_json::Value::Bool(ops.delete(&id).await?),
+        Request::Retry { selector } => serde_json::to_value(ops.retry(&selector).await?)?,
+        Request::Hold { id } => {
+            ops.hold(&id).await?;
+            serde_json::Value::Null
+        }
+        Request::Release { id } => {
+            ops.release(&id).await?;
+            serde_json::Value::Null
+        }
+        Request::Bounce { id } => {
+            ops.bounce(&id).await?;
+            serde_json::Value::Null
         }
     })
 }
 
 /// Binds the control socket (replacing a stale one) and serves it until shutdown.
-pub fn start(data_dir: &Path, queue: Arc<Queue>, shutdown: CancellationToken) -> Result<PathBuf> {
+pub fn start(data_dir: &Path, ops: Arc<QueueOps>, shutdown: CancellationToken) -> Result<PathBuf> {
     let path = socket_path(data_dir);
     // We hold the queue's lock, so no other server uses this data dir: any
     // socket file here is left over from a crash.
@@ -77,14 +90,14 @@ pub fn start(data_dir: &Path, queue: Arc<Queue>, shutdown: CancellationToken) ->
                     }
                 },
             };
-            let queue = queue.clone();
+            let ops = ops.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let resp = match serde_json::from_str::<Request>(&line) {
                         Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), result: Default::default() },
-                        Ok(req) => match handle(&queue, req).await {
+                        Ok(req) => match handle(&ops, req).await {
                             Ok(result) => Response { ok: true, error: None, result },
                             Err(e) => Response { ok: false, error: Some(format!("{e:#}")), result: Default::default() },
                         },
@@ -104,11 +117,12 @@ pub fn start(data_dir: &Path, queue: Arc<Queue>, shutdown: CancellationToken) ->
 /// How the CLI reaches a queue: through a running server, or directly.
 pub enum QueueAccess {
     Remote(PathBuf),
-    Local(Box<Queue>, tokio::runtime::Runtime),
+    Local(Box<QueueOps>, tokio::runtime::Runtime),
 }
 
 impl QueueAccess {
-    pub fn open(data_dir: &Path) -> Result<QueueAccess> {
+    /// `hostname` names the reporting MTA in DSNs made offline (`bounce`).
+    pub fn open(data_dir: &Path, hostname: &str) -> Result<QueueAccess> {
         let sock = socket_path(data_dir);
         if UnixStream::connect(&sock).is_ok() {
             return Ok(QueueAccess::Remote(sock));
@@ -119,9 +133,14 @@ impl QueueAccess {
                 data_dir.display()
             );
         }
-        let queue = Queue::open(data_dir)?;
+        let queue = Arc::new(Queue::open(data_dir)?);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(QueueAccess::Local(Box::new(queue), rt))
+        let ops = QueueOps {
+            queue,
+            delivery: None,
+            hostname: hostname.to_string(),
+        };
+        Ok(QueueAccess::Local(Box::new(ops), rt))
     }
 
     fn remote(sock: &Path, req: &Request) -> Result<serde_json::Value> {
@@ -162,5 +181,21 @@ impl QueueAccess {
 
     pub fn delete(&self, id: &str) -> Result<bool> {
         Ok(serde_json::from_value(self.call(Request::Delete { id: id.into() })?)?)
+    }
+
+    pub fn retry(&self, selector: Selector) -> Result<usize> {
+        Ok(serde_json::from_value(self.call(Request::Retry { selector })?)?)
+    }
+
+    pub fn hold(&self, id: &str) -> Result<()> {
+        self.call(Request::Hold { id: id.into() }).map(|_| ())
+    }
+
+    pub fn release(&self, id: &str) -> Result<()> {
+        self.call(Request::Release { id: id.into() }).map(|_| ())
+    }
+
+    pub fn bounce(&self, id: &str) -> Result<()> {
+        self.call(Request::Bounce { id: id.into() }).map(|_| ())
     }
 }

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod delivery;
+pub mod dns;
 pub mod logging;
 pub mod metrics;
 pub mod queue;

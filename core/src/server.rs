@@ -97,6 +97,14 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
     tracing::info!(path = %queue.path().display(), messages = queue.depth(), "queue open");
 
     let acceptors = tls_acceptors(&config, &data_dir)?;
+    let queued = Arc::new(tokio::sync::Notify::new());
+    let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+    let delivery = if config.delivery.enabled {
+        Some(crate::delivery::Delivery::new(&config, &data_dir, queue.clone(), dns.clone(), queued.clone())?)
+    } else {
+        tracing::info!("delivery is off (delivery.enabled: false): mail stays in the queue");
+        None
+    };
     let users = Arc::new(Users::from_config(&config.auth));
     let relay = Arc::new(RelayRules::from_config(&config.relay));
     let default_host = config.hostname();
@@ -118,11 +126,23 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
             users: users.clone(),
             relay: relay.clone(),
             queue: queue.clone(),
+            priority: l.priority.unwrap_or(config.delivery.default_priority),
+            queued: queued.clone(),
         });
         tracing::info!(listener = %name, bind = %l.bind, tls = ?l.tls, auth = ?l.auth, "listening");
         bound.push((listener, ctx));
     }
-    let control = crate::control::start(&data_dir, queue.clone(), shutdown.clone())?;
+    let ops = Arc::new(crate::delivery::ops::QueueOps {
+        queue: queue.clone(),
+        delivery: delivery.clone(),
+        hostname: default_host.clone(),
+    });
+    let control = crate::control::start(&data_dir, ops, shutdown.clone())?;
+    let delivery_stop = CancellationToken::new();
+    let delivery_tracker = TaskTracker::new();
+    let scheduler = delivery
+        .clone()
+        .map(|d| tokio::spawn(d.run(delivery_stop.clone(), delivery_tracker.clone())));
 
     let mut accept_tasks = Vec::new();
     for (listener, ctx) in bound {
@@ -142,6 +162,15 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
             grace = ?config.server.shutdown_grace,
             "sessions still open after the grace period are cut off"
         );
+    }
+    // Deliveries in flight finish (a confirmed one is recorded) within the grace period.
+    delivery_stop.cancel();
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
+    delivery_tracker.close();
+    if tokio::time::timeout(config.server.shutdown_grace, delivery_tracker.wait()).await.is_err() {
+        tracing::warn!("deliveries still running after the grace period are cut off; they will be retried");
     }
     let _ = std::fs::remove_file(&control);
     tracing::info!("stopped");

@@ -66,6 +66,8 @@ metrics:
   bind: 127.0.0.1:{metrics}
 relay:
   local_domains: [localhost, example.org]
+delivery:
+  enabled: false
 "#;
 
 impl Server {
@@ -221,6 +223,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of the weir log ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -441,4 +451,77 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Polls `f` until it returns Some, or fails the test after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Postfix's smtp-sink on a loopback address, dumping each message to a file.
+pub struct Sink {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+impl Sink {
+    /// `ip` is the loopback address to bind (127.0.0.1, 127.0.0.2, ...).
+    pub fn start(ip: &str, port: u16, extra: &[&str]) -> Sink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let addr = format!("{ip}:{port}");
+        let child = Command::new("smtp-sink")
+            .args(["-u", "nobody", "-d"])
+            .arg(format!("{}/%H%M%S.", dir.path().display()))
+            .args(extra)
+            .arg(&addr)
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn smtp-sink (apt-get install postfix)");
+        wait_for(20, "smtp-sink to listen", || TcpStream::connect(&addr).ok());
+        Sink { child, dir, addr }
+    }
+
+    /// The dumped messages.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(e.path()) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The Weir queue id in a delivered message's Received: header.
+pub fn weir_id(message: &str) -> Option<String> {
+    let i = message.find("(Weir) with ")?;
+    let rest = &message[i..];
+    let j = rest.find(" id ")?;
+    Some(rest[j + 4..].split(|c: char| !c.is_ascii_alphanumeric()).next()?.to_string())
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Priority;
 use crate::smtp::conn::TlsInfo;
 
 /// RET= of MAIL FROM (RFC 3461 §4.3).
@@ -52,10 +53,18 @@ impl Notify {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientStatus {
+    /// Not delivered yet; tried again at the message's next attempt.
     #[default]
     Pending,
     Delivered,
+    /// Failed for good (5xx, or expired); a DSN was queued if asked for.
     Failed,
+}
+
+impl RecipientStatus {
+    pub fn is_done(self) -> bool {
+        self != RecipientStatus::Pending
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +76,56 @@ pub struct Recipient {
     pub notify: Notify,
     #[serde(default)]
     pub status: RecipientStatus,
+    /// Route named by policy; None: the routing table decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The last reply or error for this recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<String>,
+    /// The host that gave `last_reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// A DSN about this recipient's final outcome was queued (or not wanted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dsn_done: bool,
 }
+
+impl Recipient {
+    pub fn new(address: String) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: Notify::default(),
+            status: RecipientStatus::Pending,
+            route: None,
+            last_reply: None,
+            remote: None,
+            dsn_done: false,
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        self.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+    }
+}
+
+/// One delivery attempt to one destination, as `weir queue show` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Unix time (seconds).
+    pub at: i64,
+    pub route: String,
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// delivered | deferred | failed (per recipient outcome summary)
+    pub result: String,
+    pub reply: String,
+    pub recipients: Vec<String>,
+}
+
+/// Attempts kept per message (older ones are dropped).
+pub const MAX_HISTORY: usize = 50;
 
 /// Facts about the SMTP session the message arrived in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,4 +183,32 @@ pub struct MessageMeta {
     pub next_attempt_ms: u64,
     #[serde(default)]
     pub attempts: u32,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+    /// A delay notice was already sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
+}
+
+impl MessageMeta {
+    pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.status == RecipientStatus::Pending)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_done())
+    }
+
+    pub fn record(&mut self, a: Attempt) {
+        self.history.push(a);
+        if self.history.len() > MAX_HISTORY {
+            let excess = self.history.len() - MAX_HISTORY;
+            self.history.drain(..excess);
+        }
+    }
 }

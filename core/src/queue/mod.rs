@@ -1,8 +1,9 @@
 //! The durable queue on RocksDB. Three column families: `meta` (the
 //! envelope and facts, JSON, by queue id), `body` (the raw message, by queue
-//! id; large values go to blob files) and `due` (an index keyed by the next
-//! attempt time in big-endian milliseconds, then the id, that the delivery
-//! scheduler walks in order).
+//! id; large values go to blob files) and `due` (an index keyed by priority
+//! class, then the next attempt time in big-endian milliseconds, then the
+//! id, that the delivery scheduler walks in order; held messages have no
+//! entry).
 //!
 //! Every change goes through one writer thread that does group commit: it
 //! takes everything that arrived while the previous write was syncing, writes
@@ -49,11 +50,19 @@ pub struct Queue {
     depth: Arc<AtomicI64>,
 }
 
-fn due_key(due_ms: u64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + id.len());
-    k.extend_from_slice(&due_ms.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
+/// Priority classes have one byte each at the front of `due` keys.
+const PRIORITY_CLASSES: u8 = 3;
+
+fn due_key(meta: &MessageMeta) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + meta.id.len());
+    k.push(meta.priority.index());
+    k.extend_from_slice(&meta.next_attempt_ms.to_be_bytes());
+    k.extend_from_slice(meta.id.as_bytes());
     k
+}
+
+fn is_scheduled(meta: &MessageMeta) -> bool {
+    meta.state == message::MessageState::Queued
 }
 
 /// The queue's RocksDB directory inside a data directory.
@@ -154,15 +163,31 @@ impl Queue {
     /// Writes a new message durably. Returns once it is synced to disk.
     pub async fn insert(&self, meta: &MessageMeta, body: &[u8]) -> Result<()> {
         let key = meta.id.as_bytes().to_vec();
-        let ops = vec![
+        let mut ops = vec![
             Op::Put(CF_BODY, key.clone(), body.to_vec()),
             Op::Put(CF_META, key.clone(), serde_json::to_vec(meta)?),
-            Op::Put(CF_DUE, due_key(meta.next_attempt_ms, &meta.id), Vec::new()),
         ];
+        if is_scheduled(meta) {
+            ops.push(Op::Put(CF_DUE, due_key(meta), Vec::new()));
+        }
         self.submit(ops).await?;
         self.depth.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(self.depth() as f64);
         Ok(())
+    }
+
+    /// Replaces a message's record (`old` is what was stored, for its
+    /// index entry), durably.
+    pub async fn update(&self, old: &MessageMeta, new: &MessageMeta) -> Result<()> {
+        let mut ops = Vec::with_capacity(3);
+        if is_scheduled(old) {
+            ops.push(Op::Delete(CF_DUE, due_key(old)));
+        }
+        ops.push(Op::Put(CF_META, new.id.as_bytes().to_vec(), serde_json::to_vec(new)?));
+        if is_scheduled(new) {
+            ops.push(Op::Put(CF_DUE, due_key(new), Vec::new()));
+        }
+        self.submit(ops).await
     }
 
     /// Removes a message; false if there was none with that id.
@@ -170,16 +195,23 @@ impl Queue {
         let Some(meta) = self.get(id)? else {
             return Ok(false);
         };
-        let key = id.as_bytes().to_vec();
-        let ops = vec![
-            Op::Delete(CF_DUE, due_key(meta.next_attempt_ms, id)),
-            Op::Delete(CF_META, key.clone()),
-            Op::Delete(CF_BODY, key),
-        ];
+        self.remove(&meta).await?;
+        Ok(true)
+    }
+
+    /// Removes a message whose current record is `meta`.
+    pub async fn remove(&self, meta: &MessageMeta) -> Result<()> {
+        let key = meta.id.as_bytes().to_vec();
+        let mut ops = Vec::with_capacity(3);
+        if is_scheduled(meta) {
+            ops.push(Op::Delete(CF_DUE, due_key(meta)));
+        }
+        ops.push(Op::Delete(CF_META, key.clone()));
+        ops.push(Op::Delete(CF_BODY, key));
         self.submit(ops).await?;
         self.depth.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(self.depth() as f64);
-        Ok(true)
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<MessageMeta>> {
@@ -211,23 +243,56 @@ impl Queue {
         Ok(out)
     }
 
-    /// Ids whose next attempt is due at or before `now_ms`, earliest first.
+    /// Ids whose next attempt is due at or before `now_ms`: every due id of
+    /// a higher priority class before any of a lower one, earliest first
+    /// within a class.
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<String>> {
         let cf = self.cf(CF_DUE)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item.context("reading the due index")?;
-            if k.len() < 8 {
-                continue;
+        for class in 0..PRIORITY_CLASSES {
+            let start = [class];
+            let iter = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward));
+            for item in iter {
+                let (k, _) = item.context("reading the due index")?;
+                if k.len() < 9 || k[0] != class {
+                    break;
+                }
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&k[1..9]);
+                if u64::from_be_bytes(t) > now_ms || out.len() >= limit {
+                    break;
+                }
+                out.push(String::from_utf8_lossy(&k[9..]).into_owned());
             }
-            let mut t = [0u8; 8];
-            t.copy_from_slice(&k[..8]);
-            if u64::from_be_bytes(t) > now_ms || out.len() >= limit {
+            if out.len() >= limit {
                 break;
             }
-            out.push(String::from_utf8_lossy(&k[8..]).into_owned());
         }
         Ok(out)
+    }
+
+    /// The earliest next-attempt time of any scheduled message, if any.
+    pub fn next_due_ms(&self) -> Result<Option<u64>> {
+        let cf = self.cf(CF_DUE)?;
+        let mut best: Option<u64> = None;
+        for class in 0..PRIORITY_CLASSES {
+            let start = [class];
+            let mut iter = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward));
+            if let Some(item) = iter.next() {
+                let (k, _) = item.context("reading the due index")?;
+                if k.len() >= 9 && k[0] == class {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&k[1..9]);
+                    let t = u64::from_be_bytes(t);
+                    best = Some(best.map_or(t, |b| b.min(t)));
+                }
+            }
+        }
+        Ok(best)
     }
 }
 
@@ -308,10 +373,9 @@ mod tests {
             received_at: 1,
             sender: "a@example.org".into(),
             recipients: vec![Recipient {
-                address: "b@example.org".into(),
                 orcpt: Some("rfc822;b@example.org".into()),
                 notify: Notify { failure: true, ..Default::default() },
-                status: RecipientStatus::Pending,
+                ..Recipient::new("b@example.org".into())
             }],
             body_type: BodyType::EightBitMime,
             smtputf8: false,
@@ -332,6 +396,9 @@ mod tests {
             state: MessageState::Queued,
             next_attempt_ms: 1000,
             attempts: 0,
+            priority: crate::config::Priority::Normal,
+            history: Vec::new(),
+            delay_notified: false,
         }
     }
 
@@ -370,5 +437,40 @@ mod tests {
         assert_eq!(q.list().unwrap().len(), 49);
         assert_eq!(q.due(1000, 100).unwrap().len(), 49);
         assert!(q.body(&id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn due_index_orders_by_priority_then_time_and_skips_held() {
+        use crate::config::Priority;
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let mut bulk = meta("B0000000000000000001");
+        bulk.priority = Priority::Bulk;
+        bulk.next_attempt_ms = 10;
+        let mut normal = meta("N0000000000000000001");
+        normal.next_attempt_ms = 500;
+        let mut urgent = meta("T0000000000000000001");
+        urgent.priority = Priority::Transactional;
+        urgent.next_attempt_ms = 900;
+        let mut later = meta("T0000000000000000002");
+        later.priority = Priority::Transactional;
+        later.next_attempt_ms = 5000;
+        for m in [&bulk, &normal, &urgent, &later] {
+            q.insert(m, b"x").await.unwrap();
+        }
+        assert_eq!(q.due(1000, 10).unwrap(), vec![urgent.id.clone(), normal.id.clone(), bulk.id.clone()]);
+        assert_eq!(q.due(1000, 1).unwrap(), vec![urgent.id.clone()]);
+        assert_eq!(q.next_due_ms().unwrap(), Some(10));
+        // Holding takes a message out of the index; rescheduling moves it.
+        let mut held = normal.clone();
+        held.state = MessageState::Held;
+        q.update(&normal, &held).await.unwrap();
+        let mut moved = later.clone();
+        moved.next_attempt_ms = 100;
+        q.update(&later, &moved).await.unwrap();
+        assert_eq!(q.due(1000, 10).unwrap(), vec![later.id.clone(), urgent.id.clone(), bulk.id.clone()]);
+        q.remove(&bulk).await.unwrap();
+        assert_eq!(q.due(1000, 10).unwrap().len(), 2);
+        assert_eq!(q.depth(), 3);
     }
 }

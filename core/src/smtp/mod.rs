@@ -56,4 +56,8 @@ pub struct ListenerCtx {
     pub users: Arc<Users>,
     pub relay: Arc<RelayRules>,
     pub queue: Arc<Queue>,
+    /// Priority class given to messages accepted here.
+    pub priority: crate::config::Priority,
+    /// Wakes the delivery scheduler when a message was queued.
+    pub queued: Arc<tokio::sync::Notify>,
 }

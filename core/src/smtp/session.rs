@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{self, SaslError};
 use crate::config::{AuthMode, LongLines, TlsMode};
 use crate::queue::id::{new_id, now_ms};
-use crate::queue::message::{BodyType, DsnRet, MessageMeta, MessageState, Notify, Recipient, RecipientStatus, SessionFacts};
+use crate::queue::message::{BodyType, DsnRet, MessageMeta, MessageState, Notify, Recipient, SessionFacts};
 use crate::smtp::conn::{Conn, Line, ReadError, TlsInfo};
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::reply::{canned, Reply};
@@ -401,10 +401,9 @@ impl Session {
         };
         if !tx.rcpts.iter().any(|r| r.address == address) {
             tx.rcpts.push(Recipient {
-                address,
                 orcpt: to.orcpt.map(|o| o.into_owned()),
                 notify: Notify::from_flags(to.flags),
-                status: RecipientStatus::Pending,
+                ..Recipient::new(address)
             });
         }
         r
@@ -570,9 +569,13 @@ impl Session {
             state: MessageState::Queued,
             next_attempt_ms: now_ms(),
             attempts: 0,
+            priority: self.ctx.priority,
+            history: Vec::new(),
+            delay_notified: false,
         };
         match self.ctx.queue.insert(&meta, &body).await {
             Ok(()) => {
+                self.ctx.queued.notify_one();
                 let content = (body.len() - header_len) as u64;
                 metrics::counter!("weir_messages_accepted_total", "listener" => self.ctx.name.clone()).increment(1);
                 metrics::counter!("weir_bytes_accepted_total", "listener" => self.ctx.name.clone()).increment(content);

@@ -1,0 +1,124 @@
+//! DNS for the host: MX, A/AAAA (and later TXT/PTR for plugins) through
+//! hickory's caching resolver. Name servers come from `dns.servers`, or the
+//! system's resolv.conf; tests point `dns.servers` at a resolver serving a
+//! test zone on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+
+use crate::config::DnsConfig;
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// The name does not exist (NXDOMAIN).
+    NoSuchDomain,
+    /// The name exists but has no records of that type.
+    NoRecords,
+    /// Anything that may go away on its own (timeouts, SERVFAIL).
+    Temporary(String),
+}
+
+impl std::fmt::Display for DnsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsError::NoSuchDomain => write!(f, "no such domain"),
+            DnsError::NoRecords => write!(f, "no records"),
+            DnsError::Temporary(m) => write!(f, "temporary DNS failure: {m}"),
+        }
+    }
+}
+
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+fn classify(e: hickory_resolver::net::NetError) -> DnsError {
+    if e.is_nx_domain() {
+        DnsError::NoSuchDomain
+    } else if e.is_no_records_found() {
+        DnsError::NoRecords
+    } else {
+        DnsError::Temporary(e.to_string())
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Dns {
+    pub fn new(cfg: &DnsConfig) -> Result<Dns> {
+        let mut builder = if cfg.servers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| anyhow!("reading the system DNS configuration: {e}"))?
+        } else {
+            let mut servers = Vec::new();
+            for s in &cfg.servers {
+                let addr: SocketAddr = s
+                    .parse()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| anyhow!("dns.servers: {s:?} is not IP or IP:PORT"))?;
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                servers.push(NameServerConfig::new(addr.ip(), true, vec![udp, tcp]));
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let opts = builder.options_mut();
+        opts.timeout = cfg.timeout.unwrap_or(Duration::from_secs(5));
+        opts.attempts = 2;
+        opts.cache_size = 4096;
+        let resolver = builder.build().map_err(|e| anyhow!("building the DNS resolver: {e}"))?;
+        Ok(Dns { resolver })
+    }
+
+    /// MX records as (preference, exchange without the trailing dot), lowest first.
+    pub async fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsError> {
+        let lookup = self.resolver.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+        let mut out: Vec<(u16, String)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((
+                    mx.preference,
+                    mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                )),
+                _ => None,
+            })
+            .collect();
+        if out.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A and AAAA addresses of a host (an IP literal is returned as is).
+    pub async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let lookup = self.resolver.lookup_ip(fqdn(host)).await.map_err(classify)?;
+        let ips: Vec<IpAddr> = lookup.iter().collect();
+        if ips.is_empty() {
+            Err(DnsError::NoRecords)
+        } else {
+            Ok(ips)
+        }
+    }
+}

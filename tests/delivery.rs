@@ -1,0 +1,381 @@
+//! Delivery against real downstream servers: Postfix's smtp-sink (relay,
+//! 4xx then recovery, 5xx and DSNs), aiosmtpd's LMTP server, Maildir read
+//! back by Python's mailbox module, MX routing through dnsmasq serving a
+//! test zone on loopback, and SIGKILL in the middle of delivering.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+/// A Weir config relaying everything to `sink_port`, with local domains
+/// delivered into Maildirs and lmtp.test over LMTP.
+fn config(sink_port: u16, lmtp_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+server:
+  hostname: weir.test
+  shutdown_grace: 10s
+listeners:
+  mx:
+    bind: 127.0.0.1:{{port:mx}}
+    tls: none
+    auth: none
+relay:
+  local_domains: [localhost, local.test, sender.test]
+  networks: [127.0.0.0/8]
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  retry_schedule: [1s]
+  retry_jitter: 0
+  delay_notice_after: null
+routes:
+  sink:
+    type: relay
+    host: 127.0.0.1
+    port: {sink_port}
+    tls: none
+  local:
+    type: maildir
+    path: "{{data_dir}}/mail/{{domain}}/{{local}}"
+  lmtp:
+    type: lmtp
+    address: 127.0.0.1:{lmtp_port}
+routing:
+  domains:
+    sender.test: local
+    local.test: local
+    lmtp.test: lmtp
+  default: sink
+{extra}"#
+    )
+}
+
+fn queue_empty(s: &Server) -> Option<()> {
+    s.queue_list().is_empty().then_some(())
+}
+
+fn read_maildir(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = run_ok(Command::new("python3").arg(repo_root().join("tests/clients/read_maildir.py")).arg(dir));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn count_ids(sink: &Sink) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    // A file being written right now may not have its header yet; the next poll sees it.
+    for id in sink.messages().iter().filter_map(|m| weir_id(m)) {
+        *ids.entry(id).or_insert(0) += 1;
+    }
+    ids
+}
+
+#[test]
+fn thousand_messages_relayed_to_smtp_sink_each_arrive_once() {
+    let sink_port = free_port();
+    let sink = Sink::start("127.0.0.1", sink_port, &[]);
+    let s = Server::start(&config(sink_port, free_port(), ""));
+    run_ok(Command::new("smtp-source").args([
+        "-s", "20", "-m", "1000", "-l", "1024", "-f", "load@sender.test", "-t", "user@remote.example", "-M", "client.test",
+    ]).arg(format!("127.0.0.1:{}", s.port("mx"))));
+    wait_for(120, "the queue to drain", || queue_empty(&s));
+    let ids = count_ids(&sink);
+    assert_eq!(ids.len(), 1000, "distinct messages at the sink");
+    assert!(ids.values().all(|n| *n == 1), "duplicates: {:?}", ids.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    let m = s.metrics();
+    assert_eq!(metric_value(&m, "weir_delivery_attempts_total", &["result=\"delivered\""]), 1000.0, "{m}");
+    assert!(metric_value(&m, "weir_delivery_latency_seconds_count", &[]) >= 1000.0, "{m}");
+}
+
+#[test]
+fn temporary_failures_are_retried_until_the_downstream_recovers() {
+    let sink_port = free_port();
+    let mut sink = Sink::start("127.0.0.1", sink_port, &["-r", "RCPT"]);
+    let s = Server::start(&config(sink_port, free_port(), ""));
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let ids: Vec<String> = (0..5)
+        .map(|i| queued_id(&c.send_mail("a@sender.test", &["b@remote.example"], &format!("Subject: retry {i}\r\n\r\nx"))))
+        .collect();
+    // Deferred with the downstream's 4xx, and still queued.
+    for id in &ids {
+        wait_for(30, "a deferral", || {
+            let m = s.queue_show(id);
+            (m["attempts"].as_u64() >= Some(1)).then_some(())
+        });
+        let m = s.queue_show(id);
+        let reply = m["recipients"][0]["last_reply"].as_str().unwrap();
+        assert!(reply.starts_with('4'), "{reply}");
+        assert_eq!(m["recipients"][0]["status"], "pending");
+        assert!(m["history"][0]["result"].as_str().unwrap().contains("deferred"), "{m}");
+    }
+    let out = s.weir(&["queue", "list", "--state", "deferred"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 messages"), "{}", String::from_utf8_lossy(&out.stdout));
+    // The downstream recovers: everything is delivered on a later attempt.
+    sink.stop();
+    let sink = Sink::start("127.0.0.1", sink_port, &[]);
+    wait_for(60, "the queue to drain", || queue_empty(&s));
+    let got = count_ids(&sink);
+    for id in &ids {
+        assert_eq!(got.get(id), Some(&1), "{id} not delivered exactly once");
+    }
+}
+
+#[test]
+fn permanent_failures_bounce_with_a_dsn_but_never_to_the_null_sender() {
+    let sink_port = free_port();
+    let _sink = Sink::start("127.0.0.1", sink_port, &["-f", "RCPT"]);
+    let s = Server::start(&config(sink_port, free_port(), ""));
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    c.cmd("MAIL FROM:<alice@sender.test> RET=HDRS ENVID=env42").is(250, "2.1.0");
+    c.cmd("RCPT TO:<bob@remote.example> ORCPT=rfc822;bob@remote.example").is(250, "2.1.5");
+    c.cmd("DATA").is(354, "");
+    c.send(b"Subject: will bounce\r\nFrom: alice@sender.test\r\n\r\nsecret body\r\n.\r\n");
+    let id = queued_id(&c.read());
+    // The null sender's mail to the same place fails too, silently.
+    let null_id = queued_id(&c.send_mail("", &["carol@remote.example"], "Subject: from null\r\n\r\nx"));
+    wait_for(60, "the queue to drain", || queue_empty(&s));
+    let dir = s.data_dir().join("mail/sender.test/alice");
+    let msgs = read_maildir(&dir);
+    assert_eq!(msgs.len(), 1, "exactly one DSN: {msgs:?}");
+    let d = &msgs[0];
+    assert_eq!(d["content_type"], "multipart/report");
+    assert_eq!(d["report_type"], "delivery-status");
+    assert_eq!(d["return_path"], "<>");
+    let parts: Vec<&str> = d["parts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(parts, vec!["text/plain", "message/delivery-status", "text/rfc822-headers"]);
+    let status = d["status"].as_array().unwrap();
+    assert_eq!(status[0]["Reporting-MTA"], "dns; weir.test");
+    assert_eq!(status[0]["Original-Envelope-Id"], "env42");
+    assert_eq!(status[1]["Final-Recipient"], "rfc822; bob@remote.example");
+    assert_eq!(status[1]["Original-Recipient"], "rfc822;bob@remote.example");
+    assert_eq!(status[1]["Action"], "failed");
+    assert!(status[1]["Status"].as_str().unwrap().starts_with("5."), "{status:?}");
+    assert!(status[1]["Diagnostic-Code"].as_str().unwrap().starts_with("smtp; 5"), "{status:?}");
+    let headers = d["returned_headers"].as_str().unwrap();
+    assert!(headers.contains("Subject: will bounce") && headers.contains(&id), "{headers}");
+    assert!(!headers.contains("secret body"));
+    // No DSN for the null sender's message, and it was said in the log.
+    assert!(s.log().contains("null sender failed; no DSN"), "{}", s.log());
+    assert!(!s.log().contains(&format!("about={null_id}")));
+    let m = s.metrics();
+    assert_eq!(metric_value(&m, "weir_dsn_total", &["action=\"failed\""]), 1.0, "{m}");
+}
+
+#[test]
+fn lmtp_delivery_has_a_result_per_recipient() {
+    let lmtp_port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let mut lmtp: Child = Command::new("/usr/bin/python3")
+        .arg(repo_root().join("tests/clients/lmtp_server.py"))
+        .arg(lmtp_port.to_string())
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("aiosmtpd LMTP server (apt-get install python3-aiosmtpd)");
+    wait_for(30, "the LMTP server", || std::net::TcpStream::connect(("127.0.0.1", lmtp_port)).ok());
+    let s = Server::start(&config(free_port(), lmtp_port, ""));
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail(
+        "x@sender.test",
+        &["a@lmtp.test", "reject@lmtp.test", "quota@lmtp.test", "b@lmtp.test"],
+        "Subject: lmtp\r\n\r\n..dot line\r\nbody",
+    ));
+    let m = wait_for(30, "an LMTP attempt", || {
+        let m = s.queue_show(&id);
+        (m["attempts"].as_u64() >= Some(1)).then_some(m)
+    });
+    let status: HashMap<&str, &str> = m["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["address"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status["a@lmtp.test"], "delivered");
+    assert_eq!(status["b@lmtp.test"], "delivered");
+    assert_eq!(status["reject@lmtp.test"], "failed");
+    assert_eq!(status["quota@lmtp.test"], "pending");
+    let quota = m["recipients"].as_array().unwrap().iter().find(|r| r["address"] == "quota@lmtp.test").unwrap();
+    assert!(quota["last_reply"].as_str().unwrap().starts_with("452 4.2.2"), "{quota}");
+    let files: Vec<String> = std::fs::read_dir(out.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().any(|f| f.starts_with("a@lmtp.test")) && files.iter().any(|f| f.starts_with("b@lmtp.test")));
+    let body = std::fs::read_to_string(out.path().join(files.iter().find(|f| f.starts_with('a')).unwrap())).unwrap();
+    assert!(body.contains("\r\n.dot line\r\n"), "dot-stuffing round trip: {body:?}");
+    // The refused recipient produced a DSN to the sender.
+    let dsn = wait_for(30, "the DSN", || {
+        let v = read_maildir_opt(&s.data_dir().join("mail/sender.test/x"));
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(dsn[0]["status"][1]["Final-Recipient"], "rfc822; reject@lmtp.test");
+    unsafe {
+        libc::kill(lmtp.id() as i32, libc::SIGTERM);
+    }
+    let _ = lmtp.wait();
+}
+
+fn read_maildir_opt(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    if dir.join("new").exists() {
+        read_maildir(dir)
+    } else {
+        Vec::new()
+    }
+}
+
+#[test]
+fn maildir_delivery_is_readable_by_python_mailbox() {
+    let s = Server::start(&config(free_port(), free_port(), ""));
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    for i in 0..3 {
+        queued_id(&c.send_mail("a@sender.test", &["u1@local.test"], &format!("Subject: m{i}\r\n\r\nhello {i}\r\n..dotted")));
+    }
+    queued_id(&c.send_mail("a@sender.test", &["U2@Local.Test", "x/y@local.test"], "Subject: two\r\n\r\nhi"));
+    wait_for(30, "the queue to drain", || queue_empty(&s));
+    let u1 = read_maildir(&s.data_dir().join("mail/local.test/u1"));
+    let subjects: Vec<&str> = u1.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    assert_eq!(subjects.len(), 3);
+    for i in 0..3 {
+        assert!(subjects.contains(&format!("m{i}").as_str()), "{subjects:?}");
+    }
+    assert!(u1[0]["body"].as_str().unwrap().contains("\n.dotted"), "{:?}", u1[0]);
+    assert_eq!(u1[0]["return_path"], "<a@sender.test>");
+    let u2 = read_maildir(&s.data_dir().join("mail/local.test/u2"));
+    assert_eq!(u2.len(), 1);
+    // The unusable mailbox name failed for good (and bounced); no directory was made for it.
+    assert!(!s.data_dir().join("mail/local.test/x").exists());
+    let dsn = read_maildir(&s.data_dir().join("mail/sender.test/a"));
+    assert_eq!(dsn.len(), 1);
+    assert_eq!(dsn[0]["status"][1]["Action"], "failed");
+}
+
+struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn mx_routing_follows_preference_and_falls_back() {
+    let dns_port = free_port();
+    let smtp_port = free_port();
+    let dns = Dnsmasq(
+        Command::new("dnsmasq")
+            .args(["-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
+            .args(["--listen-address=127.0.0.1", &format!("--port={dns_port}"), "--local=/example/"])
+            .args(["--mx-host=mxtest.example,mx1.mxtest.example,10", "--mx-host=mxtest.example,mx2.mxtest.example,20"])
+            .args(["--host-record=mx1.mxtest.example,127.0.0.2", "--host-record=mx2.mxtest.example,127.0.0.1"])
+            .args(["--host-record=amx.example,127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)"),
+    );
+    let mut mx1 = Sink::start("127.0.0.2", smtp_port, &[]);
+    let mx2 = Sink::start("127.0.0.1", smtp_port, &[]);
+    let extra = format!(
+        "dns:\n  servers: [\"127.0.0.1:{dns_port}\"]\n  timeout: 2s\n"
+    );
+    let cfg = config(free_port(), free_port(), &extra)
+        .replace("  default: sink\n", "  default: testmx\n")
+        .replace("routes:\n", &format!("routes:\n  testmx:\n    type: mx\n    port: {smtp_port}\n    tls: none\n"));
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    // Preference 10 first.
+    let first = queued_id(&c.send_mail("a@sender.test", &["u@mxtest.example"], "Subject: one\r\n\r\nx"));
+    wait_for(30, "delivery to mx1", || (count_ids(&mx1).contains_key(&first)).then_some(()));
+    assert!(!count_ids(&mx2).contains_key(&first));
+    // mx1 goes away: the next message falls back to preference 20.
+    mx1.stop();
+    let second = queued_id(&c.send_mail("a@sender.test", &["u@mxtest.example"], "Subject: two\r\n\r\nx"));
+    wait_for(30, "fallback to mx2", || (count_ids(&mx2).contains_key(&second)).then_some(()));
+    // A domain with no MX is delivered to its own address record.
+    let third = queued_id(&c.send_mail("a@sender.test", &["u@amx.example"], "Subject: three\r\n\r\nx"));
+    wait_for(30, "delivery by A record", || (count_ids(&mx2).contains_key(&third)).then_some(()));
+    // A domain that does not exist fails for good, with a DSN.
+    queued_id(&c.send_mail("a@sender.test", &["u@nx.example"], "Subject: four\r\n\r\nx"));
+    wait_for(30, "the queue to drain", || queue_empty(&s));
+    let dsn = read_maildir(&s.data_dir().join("mail/sender.test/a"));
+    assert_eq!(dsn.len(), 1, "{dsn:?}");
+    assert_eq!(dsn[0]["status"][1]["Status"], "5.1.2");
+    assert!(dsn[0]["status"][1]["Diagnostic-Code"].as_str().unwrap().contains("does not exist"), "{dsn:?}");
+    drop(dns);
+}
+
+#[test]
+fn sigkill_during_delivery_loses_nothing() {
+    let sink_port = free_port();
+    let sink = Sink::start("127.0.0.1", sink_port, &[]);
+    let mut s = Server::start_with(&config(sink_port, free_port(), ""), &["-o", "delivery.enabled=false"]);
+    run_ok(Command::new("smtp-source").args([
+        "-s", "10", "-m", "500", "-l", "2048", "-f", "load@sender.test", "-t", "user@remote.example",
+    ]).arg(format!("127.0.0.1:{}", s.port("mx"))));
+    assert_eq!(s.queue_list().len(), 500);
+    s.stop();
+    // Deliver, and kill the server part-way.
+    s.spawn(&[]);
+    wait_for(60, "some deliveries", || (sink.messages().len() >= 100).then_some(()));
+    s.kill();
+    let at_kill = sink.messages().len();
+    s.spawn(&[]);
+    wait_for(120, "the queue to drain", || queue_empty(&s));
+    let ids = count_ids(&sink);
+    let total: usize = ids.values().sum();
+    let duplicates = total - ids.len();
+    println!("delivered before the kill: {at_kill}; distinct at the sink: {}; duplicates: {duplicates}", ids.len());
+    assert_eq!(ids.len(), 500, "every message arrived");
+    // Only deliveries in flight at the kill may arrive twice.
+    assert!(duplicates <= 100, "{duplicates} duplicates is more than could have been in flight");
+}
+
+#[test]
+fn queue_operations_hold_release_retry_bounce() {
+    let sink_port = free_port();
+    let mut sink = Sink::start("127.0.0.1", sink_port, &["-r", "RCPT"]);
+    let s = Server::start(&config(sink_port, free_port(), "").replace("retry_schedule: [1s]", "retry_schedule: [1h]"));
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let a = queued_id(&c.send_mail("a@sender.test", &["x@remote.example"], "Subject: a\r\n\r\nx"));
+    let b = queued_id(&c.send_mail("a@sender.test", &["y@other.example"], "Subject: b\r\n\r\nx"));
+    for id in [&a, &b] {
+        wait_for(30, "a first attempt", || (s.queue_show(id)["attempts"].as_u64() >= Some(1)).then_some(()));
+    }
+    // Hold: no longer scheduled, listed as held.
+    assert!(s.weir(&["queue", "hold", &a]).status.success());
+    assert_eq!(s.queue_show(&a)["state"], "held");
+    let out = s.weir(&["queue", "list", "--state", "held"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&a));
+    let out = s.weir(&["queue", "retry", &a]);
+    assert!(!out.status.success(), "retry of a held message is refused");
+    // The downstream recovers; retry by destination delivers b at once (the schedule says 1h).
+    sink.stop();
+    let sink = Sink::start("127.0.0.1", sink_port, &[]);
+    let out = s.weir(&["queue", "retry", "--destination", "other.example"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 message scheduled"), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for(30, "b delivered", || count_ids(&sink).contains_key(&b).then_some(()));
+    assert!(!count_ids(&sink).contains_key(&a), "a is held");
+    // Release: delivered.
+    assert!(s.weir(&["queue", "release", &a]).status.success());
+    wait_for(30, "a delivered", || count_ids(&sink).contains_key(&a).then_some(()));
+    // Bounce: pending recipients fail now, a DSN goes to the sender.
+    // (lmtp.test points at a port where nothing listens, so it stays deferred.)
+    let d = queued_id(&c.send_mail("a@sender.test", &["z@lmtp.test"], "Subject: d\r\n\r\nx"));
+    wait_for(30, "a first attempt", || (s.queue_show(&d)["attempts"].as_u64() >= Some(1)).then_some(()));
+    wait_for(30, "the bounce to be taken", || s.weir(&["queue", "bounce", &d]).status.success().then_some(()));
+    let dsn = wait_for(30, "the bounce DSN", || {
+        let v = read_maildir_opt(&s.data_dir().join("mail/sender.test/a"));
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(dsn[0]["status"][1]["Final-Recipient"], "rfc822; z@lmtp.test");
+    assert!(!s.queue_list().iter().any(|m| m["id"] == d.as_str()));
+    let out = s.weir(&["queue", "bounce", "FFFFFFFFFFFFFFFFFFFF"]);
+    assert_eq!(out.status.code(), Some(4));
+}
