@@ -37,7 +37,8 @@ check:
 	$(CARGO) check $(PROFILE) --workspace --all-targets
 
 bench: build
-	benches/accept-rate.sh $(WEIR)
+	WEIR=$(WEIR) benches/accept-rate.sh
+	WEIR=$(WEIR) benches/relay-throughput.sh
 
 clean-data:
 	rm -rf ./data

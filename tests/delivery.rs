@@ -379,3 +379,153 @@ fn queue_operations_hold_release_retry_bounce() {
     let out = s.weir(&["queue", "bounce", "FFFFFFFFFFFFFFFFFFFF"]);
     assert_eq!(out.status.code(), Some(4));
 }
+
+#[test]
+fn notify_parameters_are_honoured() {
+    let dsn_sink_port = free_port();
+    let dsn_sink = Sink::start("127.0.0.1", dsn_sink_port, &[]);
+    let plain_sink_port = free_port();
+    let plain_sink = Sink::start("127.0.0.1", plain_sink_port, &["-N"]);
+    let reject_port = free_port();
+    let _reject = Sink::start("127.0.0.1", reject_port, &["-f", "RCPT"]);
+    let routes = format!(
+        "  nodsn:\n    type: relay\n    host: 127.0.0.1\n    port: {plain_sink_port}\n    tls: none\n  reject:\n    type: relay\n    host: 127.0.0.1\n    port: {reject_port}\n    tls: none\n"
+    );
+    let cfg = config(dsn_sink_port, free_port(), "")
+        .replace("routes:\n", &format!("routes:\n{routes}"))
+        .replace("    lmtp.test: lmtp\n", "    lmtp.test: lmtp\n    nodsn.example: nodsn\n    reject.example: reject\n");
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let send = |c: &mut Smtp, from: &str, rcpt: &str, params: &str, subject: &str| {
+        c.cmd(&format!("MAIL FROM:<{from}>")).is(250, "2.1.0");
+        c.cmd(&format!("RCPT TO:<{rcpt}> {params}")).is(250, "2.1.5");
+        c.cmd("DATA").is(354, "");
+        c.send(format!("Subject: {subject}\r\n\r\nx\r\n.\r\n").as_bytes());
+        queued_id(&c.read())
+    };
+    // Final delivery (Maildir) with NOTIFY=SUCCESS: a "delivered" DSN.
+    send(&mut c, "n1@sender.test", "u@local.test", "NOTIFY=SUCCESS", "final");
+    // Relayed to a DSN-capable server: NOTIFY and ORCPT go along, no DSN from us.
+    send(&mut c, "n2@sender.test", "u@dsn.example", "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig@dsn.example", "relay-dsn");
+    // Relayed to a server without DSN: a "relayed" DSN.
+    send(&mut c, "n3@sender.test", "u@nodsn.example", "NOTIFY=SUCCESS", "relay-nodsn");
+    // NOTIFY=NEVER: a permanent failure is not reported.
+    send(&mut c, "n4@sender.test", "u@reject.example", "NOTIFY=NEVER", "never");
+    // NOTIFY=SUCCESS only: a failure is not reported either.
+    send(&mut c, "n5@sender.test", "u@reject.example", "NOTIFY=SUCCESS", "success-only");
+    wait_for(60, "the queue to drain", || queue_empty(&s));
+    let dsn_for = |who: &str| read_maildir_opt(&s.data_dir().join(format!("mail/sender.test/{who}")));
+    let n1 = dsn_for("n1");
+    assert_eq!(n1.len(), 1, "{n1:?}");
+    assert_eq!(n1[0]["status"][1]["Action"], "delivered");
+    assert_eq!(n1[0]["status"][1]["Status"], "2.0.0");
+    assert!(dsn_for("n2").is_empty());
+    let relayed = dsn_sink.messages();
+    let m = relayed.iter().find(|m| m.contains("Subject: relay-dsn")).expect("relayed");
+    assert!(m.contains("NOTIFY=SUCCESS,FAILURE") && m.contains("ORCPT=rfc822;orig@dsn.example"), "{m}");
+    let n3 = dsn_for("n3");
+    assert_eq!(n3.len(), 1, "{n3:?}");
+    assert_eq!(n3[0]["status"][1]["Action"], "relayed");
+    assert_eq!(plain_sink.messages().len(), 1);
+    assert!(dsn_for("n4").is_empty());
+    assert!(dsn_for("n5").is_empty());
+}
+
+#[test]
+fn a_delay_notice_is_sent_once() {
+    // lmtp.test points at a port where nothing listens: every attempt is deferred.
+    let cfg = config(free_port(), free_port(), "").replace("delay_notice_after: null", "delay_notice_after: 1s");
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("late@sender.test", &["u@lmtp.test"], "Subject: slow\r\n\r\nx"));
+    let dsn = wait_for(30, "a delay notice", || {
+        let v = read_maildir_opt(&s.data_dir().join("mail/sender.test/late"));
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(dsn[0]["subject"], "Delayed Mail (still being retried)");
+    assert_eq!(dsn[0]["status"][1]["Action"], "delayed");
+    assert!(dsn[0]["status"][1]["Status"].as_str().unwrap().starts_with("4."));
+    // Attempts go on (retry every second) without another notice.
+    wait_for(30, "more attempts", || (s.queue_show(&id)["attempts"].as_u64() >= Some(4)).then_some(()));
+    assert_eq!(read_maildir_opt(&s.data_dir().join("mail/sender.test/late")).len(), 1);
+    assert_eq!(s.queue_show(&id)["delay_notified"], true);
+}
+
+#[test]
+fn transactional_mail_overtakes_a_bulk_backlog() {
+    let cfg = config(free_port(), free_port(), "")
+        .replace("    auth: none\n", "    auth: none\n    priority: bulk\n  urgent:\n    bind: 127.0.0.1:{port:urgent}\n    tls: none\n    auth: none\n    priority: transactional\n")
+        .replace("delivery:\n", "delivery:\n  max_concurrency: 1\n");
+    let mut s = Server::start_with(&cfg, &["-o", "delivery.enabled=false"]);
+    run_ok(Command::new("smtp-source").args(["-s", "5", "-m", "200", "-f", "bulk@sender.test", "-t", "bulk@local.test"])
+        .arg(format!("127.0.0.1:{}", s.port("mx"))));
+    let mut c = Smtp::connect(s.port("urgent"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("noreply@sender.test", &["reset@local.test"], "Subject: password reset\r\n\r\nx"));
+    assert_eq!(s.queue_show(&id)["priority"], "transactional");
+    drop(c);
+    s.stop();
+    // Delivery on, one at a time: the transactional message goes first although it came last.
+    s.spawn(&[]);
+    wait_for(60, "the queue to drain", || queue_empty(&s));
+    let mtime = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
+    let files = |who: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(s.data_dir().join(format!("mail/local.test/{who}/new"))).unwrap().flatten().map(|e| e.path()).collect()
+    };
+    let reset = files("reset");
+    assert_eq!(reset.len(), 1);
+    let reset_at = mtime(reset[0].clone());
+    let bulk = files("bulk");
+    assert_eq!(bulk.len(), 200);
+    let first_bulk = bulk.into_iter().map(mtime).min().unwrap();
+    assert!(reset_at <= first_bulk, "the password reset waited behind bulk mail");
+}
+
+#[test]
+fn relay_to_a_smarthost_with_required_tls_auth_and_chunking() {
+    // The smarthost is another Weir: STARTTLS, AUTH, CHUNKING, DSN.
+    let hash = String::from_utf8(run_ok(Command::new("sh").arg("-c").arg(format!("printf 's3cret\\n' | {WEIR} passwd"))).stdout).unwrap();
+    let downstream = Server::start(&format!(
+        "server:\n  hostname: smarthost.test\nlisteners:\n  sub:\n    bind: 127.0.0.1:{{port:sub}}\n    tls: starttls\n    require_tls: true\n    auth: require\nauth:\n  users:\n    relayuser: \"{}\"\nmetrics:\n  bind: 127.0.0.1:{{metrics}}\ndelivery:\n  enabled: false\n",
+        hash.trim()
+    ));
+    let route = format!(
+        "  smarthost:\n    type: relay\n    host: 127.0.0.1\n    port: {}\n    tls: required\n    verify_certificates: true\n    ca_file: {}\n    auth:\n      user: relayuser\n      password: s3cret\n",
+        downstream.port("sub"),
+        downstream.cert_path().display()
+    );
+    let cfg = config(free_port(), free_port(), "")
+        .replace("routes:\n", &format!("routes:\n{route}"))
+        .replace("  default: sink\n", "  default: smarthost\n");
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("a@sender.test", &["far@away.example"], "Subject: via smarthost\r\n\r\n..dot\r\nend"));
+    wait_for(30, "the queue to drain", || queue_empty(&s));
+    let q = downstream.queue_list();
+    assert_eq!(q.len(), 1);
+    let m = &q[0];
+    assert_eq!(m["session"]["auth_user"], "relayuser");
+    assert_eq!(m["session"]["helo"], "weir.test");
+    assert_eq!(m["session"]["tls"]["version"], "TLSv1.3");
+    assert_eq!(m["sender"], "a@sender.test");
+    let raw = String::from_utf8(downstream.queue_raw(m["id"].as_str().unwrap())).unwrap();
+    assert!(raw.contains(&format!("id {id}")), "upstream Received: kept: {raw}");
+    assert!(raw.ends_with("Subject: via smarthost\r\n\r\n.dot\r\nend\r\n"), "{raw:?}");
+    let metrics = downstream.metrics();
+    assert!(metric_value(&metrics, "weir_commands_total", &["command=\"BDAT\""]) >= 1.0, "CHUNKING used: {metrics}");
+    // A wrong password is a permanent failure reported to the sender.
+    let bad = cfg.replace("password: s3cret", "password: wrong");
+    drop(s);
+    let s = Server::start(&bad);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    queued_id(&c.send_mail("b@sender.test", &["far@away.example"], "Subject: bad auth\r\n\r\nx"));
+    let dsn = wait_for(30, "the DSN", || {
+        let v = read_maildir_opt(&s.data_dir().join("mail/sender.test/b"));
+        (!v.is_empty()).then_some(v)
+    });
+    assert!(dsn[0]["status"][1]["Diagnostic-Code"].as_str().unwrap().contains("535"), "{dsn:?}");
+}

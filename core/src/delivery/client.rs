@@ -590,6 +590,10 @@ impl SmtpClient {
         Ok(out)
     }
 
+    pub fn is_lmtp(&self) -> bool {
+        self.opts.lmtp
+    }
+
     /// RSET, so the connection can carry another message.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
         let r = self.command("RSET", self.opts.command_timeout).await?;

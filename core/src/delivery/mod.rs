@@ -68,12 +68,17 @@ impl Delivery {
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(2));
+                let mut n: u64 = 0;
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {
                             me.transports.sweep().await;
-                            me.update_gauges();
+                            // The per-destination gauges read the whole queue: not too often.
+                            if n % 8 == 0 {
+                                me.update_gauges();
+                            }
+                            n += 1;
                         }
                     }
                 }
@@ -106,20 +111,18 @@ impl Delivery {
     /// Waits for the next due message that is not already being delivered.
     async fn next_due(&self, shutdown: &CancellationToken) -> Option<String> {
         loop {
-            let busy = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let now = now_ms();
-            match self.queue.due(now, busy.len() + 1) {
-                Ok(ids) => {
-                    if let Some(id) = ids.into_iter().find(|i| !busy.contains(i)) {
-                        return Some(id);
-                    }
+            let busy_any = {
+                let busy = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(id) = self.queue.first_due(now, |id| !busy.contains(id)) {
+                    return Some(id);
                 }
-                Err(e) => tracing::error!(error = %e, "reading the due index"),
-            }
+                !busy.is_empty()
+            };
             let wait = match self.queue.next_due_ms() {
                 Ok(Some(t)) if t > now => Duration::from_millis((t - now).min(60_000)),
                 // Due now but all in flight, or an error: look again soon.
-                _ => Duration::from_millis(if busy.is_empty() { 60_000 } else { 200 }),
+                _ => Duration::from_millis(if busy_any { 200 } else { 60_000 }),
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -202,7 +205,15 @@ impl Delivery {
                 let r = &mut cur.recipients[*i];
                 r.remote = out.remote.clone();
                 let (status, text, label) = match outcome {
-                    Outcome::Delivered(t) => (RecipientStatus::Delivered, t, "delivered"),
+                    Outcome::Delivered(t, handoff) => {
+                        match handoff {
+                            // The next hop got NOTIFY and answers for it from here on.
+                            transport::Handoff::RelayedWithDsn => r.dsn_done = true,
+                            transport::Handoff::RelayedWithoutDsn => r.relayed = true,
+                            transport::Handoff::Final => {}
+                        }
+                        (RecipientStatus::Delivered, t, "delivered")
+                    }
                     Outcome::Deferred(t) => (RecipientStatus::Pending, t, "deferred"),
                     Outcome::Failed(t) => (RecipientStatus::Failed, t, "failed"),
                 };
@@ -233,8 +244,11 @@ impl Delivery {
                 reply,
                 recipients: out.outcomes.iter().map(|(i, _)| cur.recipients[*i].address.clone()).collect(),
             });
-            if delivered_any {
-                // What the remote side confirmed is on disk before anything else.
+            // What the remote side confirmed is on disk before anything else —
+            // unless this was the last group, the message is done and no DSN is
+            // due: then removing it (next) is that record, in one write.
+            let removal_records_it = jobs.is_empty() && cur.is_done() && reports(&mut cur.clone(), false).is_empty();
+            if delivered_any && !removal_records_it {
                 self.queue.update(&stored, &cur).await?;
                 stored = cur.clone();
             }
@@ -258,6 +272,9 @@ impl Delivery {
                 .cfg
                 .delay_notice_after
                 .is_some_and(|d| (now - cur.received_at).max(0) as u64 >= d.as_secs());
+        if cur.sender.is_empty() && cur.recipients.iter().any(|r| r.status == RecipientStatus::Failed && !r.dsn_done) {
+            tracing::warn!(id = %cur.id, "a message from the null sender failed; no DSN is sent");
+        }
         for dsn in reports(&mut cur, delay_due) {
             self.queue_dsn(&cur, body, &dsn).await?;
         }
@@ -323,6 +340,7 @@ pub struct Report {
 pub fn reports(meta: &mut MessageMeta, delay_due: bool) -> Vec<Report> {
     let mut failed = Vec::new();
     let mut delivered = Vec::new();
+    let mut relayed = Vec::new();
     let mut delayed = Vec::new();
     for (i, r) in meta.recipients.iter_mut().enumerate() {
         match r.status {
@@ -335,7 +353,11 @@ pub fn reports(meta: &mut MessageMeta, delay_due: bool) -> Vec<Report> {
             RecipientStatus::Delivered if !r.dsn_done => {
                 r.dsn_done = true;
                 if dsn::wants(r, Action::Delivered) {
-                    delivered.push(i);
+                    if r.relayed {
+                        relayed.push(i);
+                    } else {
+                        delivered.push(i);
+                    }
                 }
             }
             RecipientStatus::Pending if delay_due && dsn::wants(r, Action::Delayed) => delayed.push(i),
@@ -344,13 +366,15 @@ pub fn reports(meta: &mut MessageMeta, delay_due: bool) -> Vec<Report> {
     }
     if meta.sender.is_empty() {
         // Never a bounce to the null sender (RFC 5321 §6.1): it would loop.
-        if !failed.is_empty() {
-            tracing::warn!(id = %meta.id, "a message from the null sender failed; no DSN is sent");
-        }
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (action, list) in [(Action::Failed, failed), (Action::Delivered, delivered), (Action::Delayed, delayed)] {
+    for (action, list) in [
+        (Action::Failed, failed),
+        (Action::Delivered, delivered),
+        (Action::Relayed, relayed),
+        (Action::Delayed, delayed),
+    ] {
         if !list.is_empty() {
             out.push(Report { action, recipients: list });
         }

@@ -18,10 +18,21 @@ use crate::delivery::client::{tls_config, ClientError, ClientOptions, RcptResult
 use crate::dns::{Dns, DnsError};
 use crate::queue::message::{MessageMeta, Recipient};
 
+/// How a delivered recipient left our hands (RFC 3461 §5.2 / §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Final delivery (LMTP, Maildir, discard): a SUCCESS DSN says "delivered".
+    Final,
+    /// Relayed to an SMTP server that speaks DSN: it got NOTIFY/ORCPT and reports itself.
+    RelayedWithDsn,
+    /// Relayed to an SMTP server without DSN: a SUCCESS DSN says "relayed".
+    RelayedWithoutDsn,
+}
+
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered(String),
+    Delivered(String, Handoff),
     /// Try again later.
     Deferred(String),
     /// Permanent failure.
@@ -250,7 +261,7 @@ impl Transports {
         match &route.transport {
             Transport::Discard => GroupOutcome {
                 remote: None,
-                outcomes: idxs.iter().map(|i| (*i, Outcome::Delivered("discarded by route".into()))).collect(),
+                outcomes: idxs.iter().map(|i| (*i, Outcome::Delivered("discarded by route".into(), Handoff::Final))).collect(),
             },
             Transport::Maildir { template } => {
                 let mut outcomes = Vec::new();
@@ -426,6 +437,13 @@ impl Transports {
                 }
             }
             let remote = Some(client.remote.clone());
+            let handoff = if client.is_lmtp() {
+                Handoff::Final
+            } else if client.caps.dsn {
+                Handoff::RelayedWithDsn
+            } else {
+                Handoff::RelayedWithoutDsn
+            };
             match result {
                 Ok(results) => {
                     self.put_pooled(key, client);
@@ -434,7 +452,7 @@ impl Transports {
                         .zip(results)
                         .map(|(i, r)| {
                             let o = match r {
-                                RcptResult::Accepted(reply) => Outcome::Delivered(reply.to_string()),
+                                RcptResult::Accepted(reply) => Outcome::Delivered(reply.to_string(), handoff),
                                 RcptResult::Refused(reply) if reply.is_permanent() => Outcome::Failed(reply.to_string()),
                                 RcptResult::Refused(reply) => Outcome::Deferred(reply.to_string()),
                             };
@@ -552,7 +570,7 @@ async fn deliver_maildir(template: &str, sender: &str, r: &Recipient, body: &[u8
     })
     .await;
     match res {
-        Ok(Ok(path)) => Outcome::Delivered(format!("250 2.0.0 delivered to maildir {path}")),
+        Ok(Ok(path)) => Outcome::Delivered(format!("250 2.0.0 delivered to maildir {path}"), Handoff::Final),
         Ok(Err(e)) => {
             tracing::warn!(rcpt = %address, error = %e, "maildir delivery failed");
             Outcome::Deferred(format!("451 4.3.0 maildir: {e}"))

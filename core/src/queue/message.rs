@@ -88,6 +88,9 @@ pub struct Recipient {
     /// A DSN about this recipient's final outcome was queued (or not wanted).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dsn_done: bool,
+    /// Delivered by relaying to a server without DSN support.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 impl Recipient {
@@ -101,6 +104,7 @@ impl Recipient {
             last_reply: None,
             remote: None,
             dsn_done: false,
+            relayed: false,
         }
     }
 

@@ -5,6 +5,11 @@
 //! id, that the delivery scheduler walks in order; held messages have no
 //! entry).
 //!
+//! The scheduler does not scan the `due` column family (deleted keys pile up
+//! there as tombstones until compaction, which would make every scan slower
+//! than the last): an in-memory ordered copy of the index, loaded at open
+//! and kept in step with every durable write, answers `due()`.
+//!
 //! Every change goes through one writer thread that does group commit: it
 //! takes everything that arrived while the previous write was syncing, writes
 //! it as one batch with `sync = true` (the WAL is fsync'd) and only then
@@ -13,9 +18,10 @@
 pub mod id;
 pub mod message;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -48,6 +54,14 @@ pub struct Queue {
     writer: Option<mpsc::Sender<WriteReq>>,
     writer_thread: Option<JoinHandle<()>>,
     depth: Arc<AtomicI64>,
+    /// (priority class, due time ms, id) of every scheduled message.
+    index: Mutex<BTreeSet<IndexKey>>,
+}
+
+type IndexKey = (u8, u64, String);
+
+fn index_key(meta: &MessageMeta) -> IndexKey {
+    (meta.priority.index(), meta.next_attempt_ms, meta.id.clone())
 }
 
 /// Priority classes have one byte each at the front of `due` keys.
@@ -109,7 +123,9 @@ impl Queue {
             writer: None,
             writer_thread: None,
             depth: Arc::new(AtomicI64::new(0)),
+            index: Mutex::new(BTreeSet::new()),
         };
+        q.load_index()?;
         let n = q.count()?;
         q.depth.store(n as i64, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(n as f64);
@@ -131,6 +147,25 @@ impl Queue {
         self.db
             .cf_handle(name)
             .ok_or_else(|| anyhow!("queue column family {name} is missing"))
+    }
+
+    fn load_index(&self) -> Result<()> {
+        let cf = self.cf(CF_DUE)?;
+        let mut idx = self.index_lock();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.context("reading the due index")?;
+            if k.len() < 9 {
+                continue;
+            }
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&k[1..9]);
+            idx.insert((k[0], u64::from_be_bytes(t), String::from_utf8_lossy(&k[9..]).into_owned()));
+        }
+        Ok(())
+    }
+
+    fn index_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<IndexKey>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count(&self) -> Result<usize> {
@@ -171,6 +206,9 @@ impl Queue {
             ops.push(Op::Put(CF_DUE, due_key(meta), Vec::new()));
         }
         self.submit(ops).await?;
+        if is_scheduled(meta) {
+            self.index_lock().insert(index_key(meta));
+        }
         self.depth.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(self.depth() as f64);
         Ok(())
@@ -187,7 +225,15 @@ impl Queue {
         if is_scheduled(new) {
             ops.push(Op::Put(CF_DUE, due_key(new), Vec::new()));
         }
-        self.submit(ops).await
+        self.submit(ops).await?;
+        let mut idx = self.index_lock();
+        if is_scheduled(old) {
+            idx.remove(&index_key(old));
+        }
+        if is_scheduled(new) {
+            idx.insert(index_key(new));
+        }
+        Ok(())
     }
 
     /// Removes a message; false if there was none with that id.
@@ -209,6 +255,9 @@ impl Queue {
         ops.push(Op::Delete(CF_META, key.clone()));
         ops.push(Op::Delete(CF_BODY, key));
         self.submit(ops).await?;
+        if is_scheduled(meta) {
+            self.index_lock().remove(&index_key(meta));
+        }
         self.depth.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(self.depth() as f64);
         Ok(())
@@ -247,48 +296,52 @@ impl Queue {
     /// a higher priority class before any of a lower one, earliest first
     /// within a class.
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<String>> {
-        let cf = self.cf(CF_DUE)?;
         let mut out = Vec::new();
-        for class in 0..PRIORITY_CLASSES {
-            let start = [class];
-            let iter = self
-                .db
-                .iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward));
-            for item in iter {
-                let (k, _) = item.context("reading the due index")?;
-                if k.len() < 9 || k[0] != class {
-                    break;
-                }
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&k[1..9]);
-                if u64::from_be_bytes(t) > now_ms || out.len() >= limit {
-                    break;
-                }
-                out.push(String::from_utf8_lossy(&k[9..]).into_owned());
+        self.each_due(now_ms, |id| {
+            out.push(id.to_string());
+            out.len() < limit
+        });
+        Ok(out)
+    }
+
+    /// The first due id (in `due()` order) that `wanted` accepts.
+    pub fn first_due(&self, now_ms: u64, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let mut found = None;
+        self.each_due(now_ms, |id| {
+            if wanted(id) {
+                found = Some(id.to_string());
+                false
+            } else {
+                true
             }
-            if out.len() >= limit {
-                break;
+        });
+        found
+    }
+
+    /// Calls `f` for due ids in order until it returns false.
+    fn each_due(&self, now_ms: u64, mut f: impl FnMut(&str) -> bool) {
+        let idx = self.index_lock();
+        for class in 0..PRIORITY_CLASSES {
+            let from = (class, 0u64, String::new());
+            for (c, t, id) in idx.range(from..) {
+                if *c != class || *t > now_ms {
+                    break;
+                }
+                if !f(id) {
+                    return;
+                }
             }
         }
-        Ok(out)
     }
 
     /// The earliest next-attempt time of any scheduled message, if any.
     pub fn next_due_ms(&self) -> Result<Option<u64>> {
-        let cf = self.cf(CF_DUE)?;
+        let idx = self.index_lock();
         let mut best: Option<u64> = None;
         for class in 0..PRIORITY_CLASSES {
-            let start = [class];
-            let mut iter = self
-                .db
-                .iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward));
-            if let Some(item) = iter.next() {
-                let (k, _) = item.context("reading the due index")?;
-                if k.len() >= 9 && k[0] == class {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&k[1..9]);
-                    let t = u64::from_be_bytes(t);
-                    best = Some(best.map_or(t, |b| b.min(t)));
+            if let Some((c, t, _)) = idx.range((class, 0u64, String::new())..).next() {
+                if *c == class {
+                    best = Some(best.map_or(*t, |b| b.min(*t)));
                 }
             }
         }

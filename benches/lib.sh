@@ -1,0 +1,105 @@
+# Shared by the benchmark scripts: a private Postfix instance, ports, CPU
+# accounting. Source it; it sets TMP and a cleanup trap.
+set -euo pipefail
+
+WEIR=${WEIR:-${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}/release/weir}
+[ -x "$WEIR" ] || { echo "no weir binary at $WEIR (run make build)" >&2; exit 1; }
+command -v smtp-source >/dev/null || { echo "smtp-source missing (apt-get install postfix)" >&2; exit 1; }
+
+TMP=$(mktemp -d /var/tmp/weir-bench.XXXXXX)
+chmod 755 "$TMP"
+PF="$TMP/postfix"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  postfix -c "$PF/etc" stop >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listening on $1" >&2; exit 1
+}
+
+# start_weir PORT EXTRA_YAML: Weir on PORT with its data under $TMP.
+start_weir() {
+  local port=$1 extra=${2:-}
+  cat > "$TMP/weir.yaml" <<YAML
+server:
+  hostname: bench.local
+  data_dir: $TMP/weir-data
+listeners:
+  bench:
+    bind: 127.0.0.1:$port
+    tls: none
+    auth: none
+    limits:
+      max_connections_per_ip: 1000
+relay:
+  local_domains: [localhost]
+  networks: [127.0.0.0/8]
+metrics:
+  bind: null
+log:
+  level: warn
+$extra
+YAML
+  "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
+  WEIR_PID=$!
+  PIDS+=("$WEIR_PID")
+  wait_port "$port"
+}
+
+# start_postfix PORT [RELAYHOST]: a private Postfix instance (the system's is
+# not touched). Without RELAYHOST, accepted mail is put on hold; with it,
+# mail is relayed there.
+start_postfix() {
+  local port=$1 relayhost=${2:-}
+  mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
+  cp /etc/postfix/master.cf "$PF/etc/master.cf"
+  # One smtpd on our port, nothing chrooted; everything else as Debian ships it.
+  sed -i -E "s/^smtp +inet .*/127.0.0.1:$port inet n - n - - smtpd/" "$PF/etc/master.cf"
+  sed -i -E "s/^(smtp|relay) +unix +- +- +y/\1 unix - - n/" "$PF/etc/master.cf"
+  cat > "$PF/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $PF/queue
+data_directory = $PF/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.local
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_recipient_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 200
+maillog_file = $PF/maillog
+maillog_file_prefixes = $PF
+CF
+  if [ -n "$relayhost" ]; then
+    echo "relayhost = $relayhost" >> "$PF/etc/main.cf"
+  else
+    echo "smtpd_end_of_data_restrictions = check_client_access static:HOLD" >> "$PF/etc/main.cf"
+  fi
+  chown postfix:postfix "$PF/data"
+  postfix -c "$PF/etc" set-permissions >/dev/null 2>&1 || true
+  if ! postfix -c "$PF/etc" start >"$TMP/postfix-start.log" 2>&1; then
+    echo "Postfix did not start:" >&2; cat "$TMP/postfix-start.log" "$PF/maillog" >&2; exit 1
+  fi
+  wait_port "$port"
+}
+
+versions() {
+  echo "weir: $("$WEIR" --version), postfix: $(postconf -d -h mail_version), $(nproc) cores, queues on $(df --output=source "$TMP" | tail -1)"
+}
