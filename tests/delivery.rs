@@ -529,3 +529,39 @@ fn relay_to_a_smarthost_with_required_tls_auth_and_chunking() {
     });
     assert!(dsn[0]["status"][1]["Diagnostic-Code"].as_str().unwrap().contains("535"), "{dsn:?}");
 }
+
+#[test]
+fn expired_messages_bounce_and_implicit_tls_smarthosts_work() {
+    // A smarthost on implicit TLS (port-465 style), another Weir.
+    let downstream = Server::start(
+        "server:\n  hostname: smtps.test\nlisteners:\n  smtps:\n    bind: 127.0.0.1:{port:smtps}\n    tls: implicit\n    auth: none\nrelay:\n  networks: [127.0.0.0/8]\nmetrics:\n  bind: null\ndelivery:\n  enabled: false\n",
+    );
+    let route = format!(
+        "  smtps:\n    type: relay\n    host: 127.0.0.1\n    port: {}\n    tls: implicit\n    verify_certificates: true\n    ca_file: {}\n",
+        downstream.port("smtps"),
+        downstream.cert_path().display()
+    );
+    // lmtp.test has no server: deferred until max_age (3s), then bounced with 4.4.7.
+    let cfg = config(free_port(), free_port(), "")
+        .replace("routes:\n", &format!("routes:\n{route}"))
+        .replace("  default: sink\n", "  default: smtps\n")
+        .replace("  retry_jitter: 0\n", "  retry_jitter: 0\n  max_age: 3s\n");
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("old@sender.test", &["u@lmtp.test", "v@far.example"], "Subject: aging\r\n\r\nx"));
+    // The reachable recipient goes through the implicit-TLS smarthost at once.
+    wait_for(30, "relay over implicit TLS", || (downstream.queue_list().len() == 1).then_some(()));
+    let m = &downstream.queue_list()[0];
+    assert!(m["session"]["tls"]["version"].as_str().unwrap().starts_with("TLSv1."), "{m}");
+    // The other one expires.
+    wait_for(30, "expiry", || queue_empty(&s));
+    let dsn = read_maildir(&s.data_dir().join("mail/sender.test/old"));
+    assert_eq!(dsn.len(), 1, "{dsn:?}");
+    let st = &dsn[0]["status"][1];
+    assert_eq!(st["Final-Recipient"], "rfc822; u@lmtp.test");
+    assert_eq!(st["Action"], "failed");
+    assert_eq!(st["Status"], "4.4.7");
+    assert!(st["Diagnostic-Code"].as_str().unwrap().contains("expired"), "{st}");
+    let _ = id;
+}

@@ -162,7 +162,8 @@ pub fn status_of(reply: Option<&str>, permanent: bool) -> String {
             .then(|| word.to_string())
     });
     match from_reply {
-        Some(s) if (permanent && s.starts_with('5')) || (!permanent && s.starts_with('4')) => s,
+        // 4.4.7 (delivery time expired) is how an expired message is reported.
+        Some(s) if (permanent && (s.starts_with('5') || s == "4.4.7")) || (!permanent && s.starts_with('4')) => s,
         _ if permanent => "5.0.0".into(),
         _ => "4.0.0".into(),
     }

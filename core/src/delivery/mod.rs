@@ -161,7 +161,7 @@ impl Delivery {
                 r.status = RecipientStatus::Failed;
                 let last = r.last_reply.take().unwrap_or_else(|| "no attempt succeeded".into());
                 r.last_reply = Some(format!(
-                    "4.4.7 message expired after {} in the queue; last error: {last}",
+                    "451 4.4.7 message expired after {} in the queue; last error: {last}",
                     humantime::format_duration(Duration::from_secs(age.as_secs()))
                 ));
             }
