@@ -13,15 +13,19 @@ CARGO ?= cargo
 PROFILE := --release
 WEIR := $(CARGO_TARGET_DIR)/release/weir
 
-.PHONY: all setup build run test check bench clean-data
+.PHONY: all setup build plugins run test check bench clean-data
 
 all: build
 
 setup:
 	@scripts/setup.sh
 
-build: setup
+build: setup plugins
 	$(CARGO) build $(PROFILE) --workspace --bins
+
+# Every plugin in the repo, as WebAssembly components (wasm32-wasip2).
+plugins: setup
+	$(CARGO) build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
 
 run: build
 	$(WEIR) serve
@@ -32,6 +36,8 @@ test: build
 	else \
 		$(CARGO) test $(PROFILE) --workspace --no-fail-fast; \
 	fi
+	# Plugins' own tests, natively, through the SDK's harness.
+	$(CARGO) test --manifest-path plugins/Cargo.toml --release
 
 check:
 	$(CARGO) check $(PROFILE) --workspace --all-targets

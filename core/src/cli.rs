@@ -54,6 +54,23 @@ enum Command {
     },
     /// Read a password from stdin and print its argon2 hash for auth.users.
     Passwd,
+    /// Policy pipelines and plugins.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCommand,
+    },
+    /// Make the running server load its policy and plugins anew (as SIGHUP does).
+    Reload(Common),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load a configuration's plugins and check its pipelines, offline.
+    Check {
+        file: PathBuf,
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -201,13 +218,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .thread_name("weir")
                 .build()
                 .map_err(anyhow::Error::from)?;
-            rt.block_on(crate::server::serve(config, data_dir))?;
+            let origin = crate::policy::ConfigOrigin {
+                path: common.config.clone(),
+                overrides: common.overrides.clone(),
+            };
+            rt.block_on(crate::server::serve(config, data_dir, origin))?;
+            Ok(())
+        }
+        Command::Policy {
+            cmd: PolicyCommand::Check { file, overrides },
+        } => {
+            let c = check_with_plugins(&file, &overrides)?;
+            println!("{}: OK", file.display());
+            for (name, p) in &c.plugins {
+                println!("  plugin {name}: {} (grants: {})", p.path.0, p.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "));
+            }
+            for (name, p) in &c.pipelines {
+                let stages: Vec<String> = crate::policy::types::StageName::ALL
+                    .iter()
+                    .filter_map(|s| {
+                        let steps = p.steps(*s);
+                        (!steps.is_empty()).then(|| {
+                            format!("{}: {}", s.as_str(), steps.iter().map(|st| st.plugin.clone()).collect::<Vec<_>>().join(" -> "))
+                        })
+                    })
+                    .collect();
+                println!("  pipeline {name}: {}", stages.join("; "));
+            }
+            Ok(())
+        }
+        Command::Reload(common) => {
+            let (_config, data_dir) = load(&common)?;
+            let access = QueueAccess::open_remote(&data_dir)?;
+            println!("{}", access.reload()?);
             Ok(())
         }
         Command::Config {
             cmd: ConfigCommand::Check { file, overrides },
         } => {
-            let c = Config::load(ConfigSource::File(&file), &overrides)?;
+            let c = check_with_plugins(&file, &overrides)?;
             println!(
                 "{}: OK ({} listener{}: {})",
                 file.display(),
@@ -224,6 +273,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Passwd => passwd(),
         Command::Queue { cmd } => queue(cmd),
     }
+}
+
+/// Parses a configuration, loads its plugins and checks its pipelines.
+fn check_with_plugins(file: &std::path::Path, overrides: &[String]) -> Result<Config, Failure> {
+    let c = Config::load(ConfigSource::File(file), overrides)?;
+    if c.plugins.is_empty() && c.pipelines.is_empty() {
+        return Ok(c);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    let origin = crate::policy::ConfigOrigin {
+        path: Some(file.to_path_buf()),
+        overrides: overrides.to_vec(),
+    };
+    rt.block_on(async {
+        let runtime = crate::plugin::Runtime::new(&c.plugin_runtime, None)?;
+        let services = std::sync::Arc::new(crate::plugin::HostServices {
+            dns: std::sync::Arc::new(crate::dns::Dns::new(&c.dns)?),
+            kv: None,
+            dns_budget: c.plugin_runtime.dns_budget,
+        });
+        match crate::policy::prepare(&c, &origin, Some(&runtime), &services).await {
+            Ok(_) => Ok(()),
+            Err(crate::policy::PolicyError::Config(e)) => Err(Failure::from(e)),
+            Err(crate::policy::PolicyError::Other(e)) => Err(Failure {
+                code: EXIT_CONFIG,
+                message: format!("invalid policy: {e:#}"),
+            }),
+        }
+    })
+    .map_err(|e: Failure| e)?;
+    Ok(c)
 }
 
 fn passwd() -> Result<(), Failure> {

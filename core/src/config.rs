@@ -44,6 +44,14 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Policy plugins, declared once (see docs/plugins.md).
+    #[serde(default)]
+    pub plugins: crate::policy::types::Plugins,
+    /// Named pipelines: steps per stage. A listener names one with `pipeline:`.
+    #[serde(default)]
+    pub pipelines: crate::policy::types::Pipelines,
+    #[serde(default)]
+    pub plugin_runtime: crate::plugin::RuntimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -141,6 +149,9 @@ pub struct ListenerConfig {
     /// Priority class of mail accepted here (default: delivery.default_priority).
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// The policy pipeline run for sessions on this listener.
+    #[serde(default)]
+    pub pipeline: Option<String>,
 }
 
 fn default_tls_mode() -> TlsMode {
@@ -601,6 +612,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses the same text again with what the plugins turned out to be,
+    /// so that plugin errors get a line and column.
+    pub fn check_policy(
+        name: &str,
+        text: &str,
+        overrides: &[String],
+        ctx: crate::policy::types::PolicyContext,
+    ) -> Result<(), ConfigError> {
+        crate::policy::types::with_policy_context(ctx, || Config::parse(name, text, overrides).map(|_| ()))
+    }
+
+    /// Reads the text of a configuration source (for the second parse).
+    pub fn source_text(source: &ConfigSource<'_>) -> Result<(String, String), ConfigError> {
+        match source {
+            ConfigSource::File(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::plain(&name, format!("cannot read: {e}")))?;
+                Ok((name, text))
+            }
+            ConfigSource::Embedded => Ok((EMBEDDED_NAME.to_string(), EMBEDDED_DEFAULT.to_string())),
+        }
+    }
+
     /// Checks that span several fields.
     fn validate(&self) -> Result<(), String> {
         if self.listeners.is_empty() {
@@ -673,6 +708,29 @@ impl Config {
             }
         }
         self.validate_delivery()?;
+        for (name, l) in &self.listeners {
+            if let Some(p) = &l.pipeline {
+                if !self.pipelines.contains_key(p) {
+                    return Err(format!("listeners.{name}.pipeline: no pipeline named {p:?}"));
+                }
+            }
+        }
+        for (name, p) in &self.plugins {
+            if p.limits.memory_mb == 0 || p.limits.memory_mb > crate::plugin::MAX_PLUGIN_MEMORY_MB {
+                return Err(format!(
+                    "plugins.{name}.limits.memory_mb: between 1 and {}",
+                    crate::plugin::MAX_PLUGIN_MEMORY_MB
+                ));
+            }
+            if p.limits.time_budget.is_zero() {
+                return Err(format!("plugins.{name}.limits.time_budget: must be more than zero"));
+            }
+            if let Some(pin) = &p.sha256 {
+                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("plugins.{name}.sha256: 64 hex digits expected"));
+                }
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(format!(
                 "log.level: {:?} is not a filter such as `info` or `weir=debug`",

@@ -32,6 +32,7 @@ pub enum Request {
     Hold { id: String },
     Release { id: String },
     Bounce { id: String },
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,9 +44,17 @@ pub struct Response {
     pub result: serde_json::Value,
 }
 
-async fn handle(ops: &QueueOps, req: Request) -> Result<serde_json::Value> {
+async fn handle(ops: &QueueOps, reloader: Option<&crate::server::Reloader>, req: Request) -> Result<serde_json::Value> {
     let queue: &Queue = &ops.queue;
     Ok(match req {
+        Request::Reload => match reloader {
+            Some(r) => {
+                let m = r.reload().await.map_err(|e| anyhow!("reload failed, the previous policy keeps running: {e}"))?;
+                tracing::info!("{m}");
+                serde_json::Value::String(m)
+            }
+            None => bail!("no server is running"),
+        },
         Request::List => serde_json::to_value(queue.list()?)?,
         Request::Show { id } => serde_json::to_value(queue.get(&id)?)?,
         Request::Body { id } => serde_json::to_value(queue.body(&id)?.map(|b| crate::auth::encode_b64(&b)))?,
@@ -67,7 +76,12 @@ async fn handle(ops: &QueueOps, req: Request) -> Result<serde_json::Value> {
 }
 
 /// Binds the control socket (replacing a stale one) and serves it until shutdown.
-pub fn start(data_dir: &Path, ops: Arc<QueueOps>, shutdown: CancellationToken) -> Result<PathBuf> {
+pub fn start(
+    data_dir: &Path,
+    ops: Arc<QueueOps>,
+    reloader: Arc<crate::server::Reloader>,
+    shutdown: CancellationToken,
+) -> Result<PathBuf> {
     let path = socket_path(data_dir);
     // We hold the queue's lock, so no other server uses this data dir: any
     // socket file here is left over from a crash.
@@ -91,13 +105,14 @@ pub fn start(data_dir: &Path, ops: Arc<QueueOps>, shutdown: CancellationToken) -
                 },
             };
             let ops = ops.clone();
+            let reloader = reloader.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let resp = match serde_json::from_str::<Request>(&line) {
                         Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), result: Default::default() },
-                        Ok(req) => match handle(&ops, req).await {
+                        Ok(req) => match handle(&ops, Some(&reloader), req).await {
                             Ok(result) => Response { ok: true, error: None, result },
                             Err(e) => Response { ok: false, error: Some(format!("{e:#}")), result: Default::default() },
                         },
@@ -143,6 +158,14 @@ impl QueueAccess {
         Ok(QueueAccess::Local(Box::new(ops), rt))
     }
 
+    /// Only a running server will do (for `weir reload`).
+    pub fn open_remote(data_dir: &Path) -> Result<QueueAccess> {
+        let sock = socket_path(data_dir);
+        UnixStream::connect(&sock)
+            .map_err(|e| anyhow!("no server is running with data directory {} ({}: {e})", data_dir.display(), sock.display()))?;
+        Ok(QueueAccess::Remote(sock))
+    }
+
     fn remote(sock: &Path, req: &Request) -> Result<serde_json::Value> {
         let mut s = UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
         let mut line = serde_json::to_vec(req)?;
@@ -161,7 +184,7 @@ impl QueueAccess {
     fn call(&self, req: Request) -> Result<serde_json::Value> {
         match self {
             QueueAccess::Remote(sock) => Self::remote(sock, &req),
-            QueueAccess::Local(q, rt) => rt.block_on(handle(q, req)),
+            QueueAccess::Local(q, rt) => rt.block_on(handle(q, None, req)),
         }
     }
 
@@ -193,6 +216,14 @@ impl QueueAccess {
 
     pub fn release(&self, id: &str) -> Result<()> {
         self.call(Request::Release { id: id.into() }).map(|_| ())
+    }
+
+    /// Asks the running server to reload its policy.
+    pub fn reload(&self) -> Result<String> {
+        match self {
+            QueueAccess::Remote(_) => Ok(serde_json::from_value(self.call(Request::Reload)?)?),
+            QueueAccess::Local(..) => bail!("no server is running on this data directory"),
+        }
     }
 
     pub fn bounce(&self, id: &str) -> Result<()> {

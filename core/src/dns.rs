@@ -108,6 +108,40 @@ impl Dns {
         Ok(out)
     }
 
+    pub async fn a(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let l = self.resolver.ipv4_lookup(fqdn(name)).await.map_err(classify)?;
+        Ok(l.answers().iter().filter_map(|r| match &r.data { RData::A(a) => Some(a.0.to_string()), _ => None }).collect())
+    }
+
+    pub async fn aaaa(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let l = self.resolver.ipv6_lookup(fqdn(name)).await.map_err(classify)?;
+        Ok(l.answers().iter().filter_map(|r| match &r.data { RData::AAAA(a) => Some(a.0.to_string()), _ => None }).collect())
+    }
+
+    /// TXT records, each one's strings joined.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let l = self.resolver.txt_lookup(fqdn(name)).await.map_err(classify)?;
+        Ok(l.answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(t.txt_data.iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect::<String>()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub async fn ptr(&self, ip: &str) -> Result<Vec<String>, DnsError> {
+        let ip: IpAddr = ip.parse().map_err(|_| DnsError::Temporary(format!("{ip:?} is not an IP address")))?;
+        let l = self.resolver.reverse_lookup(ip).await.map_err(classify)?;
+        Ok(l.answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A and AAAA addresses of a host (an IP literal is returned as is).
     pub async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {

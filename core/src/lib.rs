@@ -9,6 +9,8 @@ pub mod delivery;
 pub mod dns;
 pub mod logging;
 pub mod metrics;
+pub mod plugin;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;

@@ -89,8 +89,56 @@ fn tls_acceptors(config: &Config, data_dir: &Path) -> Result<HashMap<String, Tls
     Ok(out)
 }
 
+/// What reloading needs: where the configuration came from, the plugin
+/// runtime (created when a policy first needs it) and the live policy.
+pub struct Reloader {
+    origin: crate::policy::ConfigOrigin,
+    data_dir: PathBuf,
+    runtime: tokio::sync::Mutex<Option<Arc<crate::plugin::Runtime>>>,
+    services: Arc<crate::plugin::HostServices>,
+    pub policy: Arc<crate::policy::PolicyHandle>,
+    listeners: Vec<(String, std::net::SocketAddr)>,
+}
+
+impl Reloader {
+    async fn runtime_for(&self, config: &Config) -> Result<Option<Arc<crate::plugin::Runtime>>> {
+        if config.plugins.is_empty() && config.pipelines.is_empty() {
+            return Ok(None);
+        }
+        let mut rt = self.runtime.lock().await;
+        if rt.is_none() {
+            *rt = Some(crate::plugin::Runtime::new(
+                &config.plugin_runtime,
+                Some(self.data_dir.join("plugin-cache")),
+            )?);
+        }
+        Ok(rt.clone())
+    }
+
+    /// Loads and checks the policy anew; on any error the running one stays.
+    pub async fn reload(&self) -> Result<String, String> {
+        let source = match &self.origin.path {
+            Some(p) => crate::config::ConfigSource::File(p),
+            None => crate::config::ConfigSource::Embedded,
+        };
+        let config = Config::load(source, &self.origin.overrides).map_err(|e| e.to_string())?;
+        let rt = self.runtime_for(&config).await.map_err(|e| format!("{e:#}"))?;
+        let policy = crate::policy::prepare(&config, &self.origin, rt.as_ref(), &self.services)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now: Vec<(String, std::net::SocketAddr)> = config.listeners.iter().map(|(n, l)| (n.clone(), l.bind)).collect();
+        let mut note = String::new();
+        if now != self.listeners {
+            note = " (listener changes take effect at the next restart)".into();
+        }
+        let plugins = policy.plugins.len();
+        self.policy.set(policy);
+        Ok(format!("policy reloaded: {plugins} plugin(s){note}"))
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
-pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
+pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::ConfigOrigin) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     crate::metrics::install(&config.metrics)?;
     let queue = Arc::new(Queue::open(&data_dir)?);
@@ -108,6 +156,29 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
     let users = Arc::new(Users::from_config(&config.auth));
     let relay = Arc::new(RelayRules::from_config(&config.relay));
     let default_host = config.hostname();
+    let services = Arc::new(crate::plugin::HostServices {
+        dns: dns.clone(),
+        kv: Some(queue.kv()),
+        dns_budget: config.plugin_runtime.dns_budget,
+    });
+    let reloader = Arc::new(Reloader {
+        origin,
+        data_dir: data_dir.clone(),
+        runtime: tokio::sync::Mutex::new(None),
+        services: services.clone(),
+        policy: Arc::new(crate::policy::PolicyHandle::new(crate::policy::Policy::empty())),
+        listeners: config.listeners.iter().map(|(n, l)| (n.clone(), l.bind)).collect(),
+    });
+    {
+        let rt = reloader.runtime_for(&config).await?;
+        let policy = crate::policy::prepare(&config, &reloader.origin, rt.as_ref(), &services)
+            .await
+            .map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
+        if !policy.plugins.is_empty() {
+            tracing::info!(plugins = policy.plugins.len(), "policy loaded");
+        }
+        reloader.policy.set(policy);
+    }
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -128,6 +199,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
             queue: queue.clone(),
             priority: l.priority.unwrap_or(config.delivery.default_priority),
             queued: queued.clone(),
+            policy: reloader.policy.clone(),
         });
         tracing::info!(listener = %name, bind = %l.bind, tls = ?l.tls, auth = ?l.auth, "listening");
         bound.push((listener, ctx));
@@ -137,7 +209,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
         delivery: delivery.clone(),
         hostname: default_host.clone(),
     });
-    let control = crate::control::start(&data_dir, ops, shutdown.clone())?;
+    let control = crate::control::start(&data_dir, ops, reloader.clone(), shutdown.clone())?;
     let delivery_stop = CancellationToken::new();
     let delivery_tracker = TaskTracker::new();
     let scheduler = delivery
@@ -149,6 +221,25 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> Result<()> {
         accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone(), tracker.clone())));
     }
 
+    {
+        // SIGHUP reloads the policy; a broken one leaves the old one running.
+        let r = reloader.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = hup.recv() => match r.reload().await {
+                        Ok(m) => tracing::info!("{m}"),
+                        Err(e) => tracing::error!(error = %e, "reload failed; the previous policy keeps running"),
+                    },
+                }
+            }
+        });
+    }
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; sessions finish their transaction");
     shutdown.cancel();

@@ -525,3 +525,20 @@ pub fn weir_id(message: &str) -> Option<String> {
     let j = rest.find(" id ")?;
     Some(rest[j + 4..].split(|c: char| !c.is_ascii_alphanumeric()).next()?.to_string())
 }
+
+/// Where `make plugins` puts the plugin components.
+pub fn plugin_dir() -> PathBuf {
+    let weir = Path::new(WEIR);
+    // <target>/release/weir -> <target>/wasm32-wasip2/release
+    weir.parent()
+        .and_then(|p| p.parent())
+        .map(|t| t.join("wasm32-wasip2").join("release"))
+        .expect("target directory")
+}
+
+/// The path of a built plugin, e.g. `plugin("test_loop")`.
+pub fn plugin(name: &str) -> String {
+    let p = plugin_dir().join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `make plugins`", p.display());
+    p.display().to_string()
+}

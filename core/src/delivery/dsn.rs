@@ -202,6 +202,10 @@ mod tests {
             priority: Default::default(),
             history: vec![],
             delay_notified: false,
+            decisions: Vec::new(),
+            tags: Vec::new(),
+            symbols: Vec::new(),
+            quarantine: None,
         }
     }
 

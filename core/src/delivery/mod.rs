@@ -426,6 +426,10 @@ pub async fn queue_dsn(queue: &Queue, hostname: &str, original: &MessageMeta, bo
         priority: crate::config::Priority::Transactional,
         history: Vec::new(),
         delay_notified: false,
+        decisions: Vec::new(),
+        tags: Vec::new(),
+        symbols: Vec::new(),
+        quarantine: None,
     };
     queue.insert(&meta, &text).await?;
     metrics::counter!("weir_dsn_total", "action" => format!("{:?}", report.action).to_lowercase()).increment(1);

@@ -158,7 +158,7 @@ pub enum MessageState {
 
 /// The queue's record of one message (stored as JSON in the `meta` column
 /// family; the bytes live in `body`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageMeta {
     pub id: String,
     /// Unix time (seconds) when the 250 was given.
@@ -194,6 +194,18 @@ pub struct MessageMeta {
     /// A delay notice was already sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
+    /// Every policy step's decision for this message (and its session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<crate::policy::DecisionRecord>,
+    /// Tags set by policy steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+    /// Score symbols added by policy steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<(String, f64)>,
+    /// Why policy quarantined it (the message is held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 impl MessageMeta {

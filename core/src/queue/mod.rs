@@ -104,6 +104,7 @@ impl Queue {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_BODY, body_opts),
             ColumnFamilyDescriptor::new(CF_DUE, Options::default()),
+            ColumnFamilyDescriptor::new(crate::plugin::kv::CF_KV, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
             let s = e.to_string();
@@ -141,6 +142,11 @@ impl Queue {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The plugins' key-value store, in the same database.
+    pub fn kv(&self) -> crate::plugin::kv::Kv {
+        crate::plugin::kv::Kv::new(self.db.clone())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -452,6 +458,10 @@ mod tests {
             priority: crate::config::Priority::Normal,
             history: Vec::new(),
             delay_notified: false,
+            decisions: Vec::new(),
+            tags: Vec::new(),
+            symbols: Vec::new(),
+            quarantine: None,
         }
     }
 

@@ -60,4 +60,6 @@ pub struct ListenerCtx {
     pub priority: crate::config::Priority,
     /// Wakes the delivery scheduler when a message was queued.
     pub queued: Arc<tokio::sync::Notify>,
+    /// The live policy; a session keeps the one it started with.
+    pub policy: Arc<crate::policy::PolicyHandle>,
 }

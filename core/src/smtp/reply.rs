@@ -9,15 +9,15 @@ pub struct Reply {
     pub code: u16,
     /// `None` for replies RFC 2034 exempts: the greeting, HELO/EHLO and
     /// intermediate (3xx) replies.
-    pub enhanced: Option<&'static str>,
+    pub enhanced: Option<String>,
     pub lines: Vec<String>,
 }
 
 impl Reply {
-    pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Reply {
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
         Reply {
             code,
-            enhanced: Some(enhanced),
+            enhanced: Some(enhanced.to_string()),
             lines: vec![text.into()],
         }
     }
@@ -57,7 +57,7 @@ impl Reply {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
             let sep = if i + 1 == n { ' ' } else { '-' };
             let _ = write!(s, "{}{}", self.code, sep);
-            if let Some(e) = self.enhanced {
+            if let Some(e) = &self.enhanced {
                 let _ = write!(s, "{e} ");
             }
             for c in text.chars() {

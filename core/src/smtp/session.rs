@@ -18,6 +18,9 @@ use crate::smtp::conn::{Conn, Line, ReadError, TlsInfo};
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::reply::{canned, Reply};
 use crate::smtp::ListenerCtx;
+use crate::plugin::wit;
+use crate::policy::types::StageName;
+use crate::policy::{checked_reply, DecisionRecord, Final, SessionPolicy, StageOutcome};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -36,6 +39,11 @@ struct Transaction {
     rcpts: Vec<Recipient>,
     /// Set once the first BDAT chunk arrived.
     bdat: Option<BdatBody>,
+    /// Lengths of the session's tags, symbols and decision trail when the
+    /// transaction began (a reset goes back to them).
+    marks: (usize, usize, usize),
+    /// A policy step said discard: accept, but do not queue.
+    discard: bool,
 }
 
 struct BdatBody {
@@ -62,12 +70,18 @@ pub struct Session {
     tx: Option<Transaction>,
     errors: u32,
     shutdown: CancellationToken,
+    policy: SessionPolicy,
+    /// A policy verdict said disconnect after the current reply.
+    shutdown_after_reply: bool,
+    tags: Vec<(String, String)>,
+    symbols: Vec<(String, f64)>,
+    trail: Vec<DecisionRecord>,
 }
 
 impl Session {
     pub fn new(ctx: Arc<ListenerCtx>, conn: Conn, peer: SocketAddr, local: SocketAddr, shutdown: CancellationToken) -> Self {
         Session {
-            ctx,
+            ctx: ctx.clone(),
             conn,
             peer,
             local,
@@ -78,6 +92,11 @@ impl Session {
             tx: None,
             errors: 0,
             shutdown,
+            policy: SessionPolicy::new(ctx.policy.get(), ctx.cfg.pipeline.clone()),
+            shutdown_after_reply: false,
+            tags: Vec::new(),
+            symbols: Vec::new(),
+            trail: Vec::new(),
         }
     }
 
@@ -95,6 +114,15 @@ impl Session {
                     metrics::counter!("weir_tls_handshake_failures_total", "listener" => self.ctx.name.clone()).increment(1);
                     return;
                 }
+            }
+        }
+        if self.policy.is_active(StageName::Connect) {
+            let out = self.run_stage(StageName::Connect, None, None).await;
+            if let Some((r, _)) = refusal(&out) {
+                tracing::info!(peer = %self.peer, listener = %self.ctx.name, code = r.code, "connection refused by policy");
+                self.reply(r);
+                self.conn.shutdown().await;
+                return;
             }
         }
         let greeting = Reply::bare(
@@ -156,7 +184,67 @@ impl Session {
     }
 
     fn reset_transaction(&mut self) {
-        self.tx = None;
+        if let Some(tx) = self.tx.take() {
+            let (t, sy, tr) = tx.marks;
+            self.tags.truncate(t);
+            self.symbols.truncate(sy);
+            self.trail.truncate(tr);
+        }
+    }
+
+    /// The context a plugin sees now.
+    fn plugin_ctx(&self, recipient: Option<&str>) -> wit::Context {
+        wit::Context {
+            stage: wit::Stage::Connect,
+            connection: wit::Connection {
+                remote_ip: self.peer.ip().to_string(),
+                remote_port: self.peer.port(),
+                local_addr: self.local.to_string(),
+                listener: self.ctx.name.clone(),
+                tls_version: self.tls.as_ref().map(|t| t.version.clone()),
+                tls_cipher: self.tls.as_ref().map(|t| t.cipher.clone()),
+                reverse_dns: None,
+                helo: self.helo.clone(),
+                auth_user: self.auth_user.clone(),
+            },
+            envelope: wit::Envelope {
+                sender: self.tx.as_ref().map(|t| t.sender.clone()),
+                sender_params: Vec::new(),
+                recipients: self
+                    .tx
+                    .as_ref()
+                    .map(|t| t.rcpts.iter().map(|r| r.address.clone()).collect())
+                    .unwrap_or_default(),
+            },
+            recipient: recipient.map(str::to_string),
+            recipient_params: Vec::new(),
+            tags: self.tags.clone(),
+            symbols: self.symbols.clone(),
+            size: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Runs a stage's pipeline and keeps its tags, symbols and decisions.
+    async fn run_stage(&mut self, stage: StageName, recipient: Option<&str>, message: Option<(Arc<Vec<u8>>, Vec<wit::Header>)>) -> StageOutcome {
+        let mut ctx = self.plugin_ctx(recipient);
+        let body = message.map(|(b, h)| {
+            ctx.size = b.len() as u64;
+            ctx.headers = h;
+            b
+        });
+        let out = self.policy.run(stage, &mut ctx, body).await;
+        self.tags = ctx.tags;
+        self.symbols = ctx.symbols;
+        self.trail.extend(out.trail.iter().cloned());
+        if refusal(&out).is_some() {
+            tracing::info!(
+                peer = %self.peer, listener = %self.ctx.name, stage = stage.as_str(),
+                sender = ?self.tx.as_ref().map(|t| t.sender.clone()), recipient = ?recipient,
+                decisions = ?out.trail, "refused by policy"
+            );
+        }
+        out
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
@@ -188,30 +276,61 @@ impl Session {
         }
 
         match req {
-            Request::Ehlo { host } => {
+            Request::Ehlo { host } | Request::Helo { host } => {
+                let esmtp = matches!(req_kind(line), HelloKind::Ehlo);
                 self.reset_transaction();
-                self.helo = Some(host.into_owned());
-                self.esmtp = true;
-                let r = self.ehlo_reply();
-                self.reply(r);
-            }
-            Request::Helo { host } => {
-                self.reset_transaction();
-                self.helo = Some(host.into_owned());
-                self.esmtp = false;
-                let r = Reply::bare(250, self.ctx.hostname.clone());
+                let previous = self.helo.replace(host.into_owned());
+                if self.policy.is_active(StageName::Helo) {
+                    let out = self.run_stage(StageName::Helo, None, None).await;
+                    if let Some((r, close)) = refusal(&out) {
+                        self.helo = previous;
+                        self.reply(r);
+                        return if close { Flow::Close } else { Flow::Continue };
+                    }
+                }
+                self.esmtp = esmtp;
+                let r = if esmtp { self.ehlo_reply() } else { Reply::bare(250, self.ctx.hostname.clone()) };
                 self.reply(r);
             }
             Request::Lhlo { .. } => self.reply(Reply::new(500, "5.5.1", "LHLO is for LMTP, this is SMTP")),
             Request::Mail { from } => {
-                let r = self.mail(from);
+                let mut r = self.mail(from);
+                if r.code == 250 && self.policy.is_active(StageName::MailFrom) {
+                    let out = self.run_stage(StageName::MailFrom, None, None).await;
+                    if let Some((refused, close)) = refusal(&out) {
+                        self.reset_transaction();
+                        self.reply(refused);
+                        return if close { Flow::Close } else { Flow::Continue };
+                    }
+                    self.apply_envelope_changes(&out, None);
+                    if let Some(tx) = &self.tx {
+                        r = Reply::new(250, "2.1.0", format!("Sender <{}> OK", tx.sender));
+                    }
+                }
                 self.reply(r);
             }
             Request::Rcpt { mut to } => {
                 if to.address.is_empty() && is_bare_postmaster(line) {
                     to.address = "postmaster".into();
                 }
-                let r = self.rcpt(to);
+                let address = to.address.to_string();
+                let (r, added) = self.rcpt(to);
+                if added && self.policy.is_active(StageName::RcptTo) {
+                    let out = self.run_stage(StageName::RcptTo, Some(&address), None).await;
+                    if let Some((refused, close)) = refusal(&out) {
+                        if let Some(tx) = self.tx.as_mut() {
+                            tx.rcpts.retain(|r| r.address != address);
+                        }
+                        self.reply(refused);
+                        return if close { Flow::Close } else { Flow::Continue };
+                    }
+                    if matches!(out.verdict, Some(Final::Discard)) {
+                        if let Some(tx) = self.tx.as_mut() {
+                            tx.discard = true;
+                        }
+                    }
+                    self.apply_envelope_changes(&out, Some(&address));
+                }
                 self.reply(r);
             }
             Request::Data => return self.data().await,
@@ -229,7 +348,7 @@ impl Session {
             Request::Expn { .. } => self.reply(Reply::new(502, "5.5.1", "EXPN is not supported")),
             Request::Help { .. } => self.reply(Reply {
                 code: 214,
-                enhanced: Some("2.0.0"),
+                enhanced: Some("2.0.0".into()),
                 lines: vec![
                     "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH".into(),
                     "End of HELP info".into(),
@@ -249,6 +368,44 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// Applies sender, recipient and route changes from a stage.
+    fn apply_envelope_changes(&mut self, out: &StageOutcome, current_rcpt: Option<&str>) {
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        for (plugin, c) in &out.changes {
+            match c {
+                wit::Change::SetSender(s) => tx.sender = s.clone(),
+                wit::Change::AddRecipient(a) => {
+                    if !tx.rcpts.iter().any(|r| &r.address == a) {
+                        tx.rcpts.push(Recipient::new(a.clone()));
+                    }
+                }
+                wit::Change::RemoveRecipient(a) => tx.rcpts.retain(|r| &r.address != a),
+                wit::Change::RewriteRecipient((from, to)) => {
+                    for r in tx.rcpts.iter_mut().filter(|r| &r.address == from) {
+                        r.address = to.clone();
+                    }
+                }
+                wit::Change::SetRoute(route) => {
+                    for r in tx.rcpts.iter_mut() {
+                        if current_rcpt.is_none_or(|c| c == r.address) {
+                            r.route = Some(route.clone());
+                        }
+                    }
+                }
+                // Header changes are applied to the message at data/route
+                // (policy::headers); elsewhere there is no message yet.
+                wit::Change::AddHeader(_) | wit::Change::RemoveHeader(_) | wit::Change::ReplaceHeader(_) => {
+                    if current_rcpt.is_some() {
+                        tracing::debug!(plugin = %plugin, "header change before data ignored");
+                    }
+                }
+                wit::Change::AddSymbol(_) | wit::Change::SetTag(_) => {}
+            }
+        }
     }
 
     fn auth_offered(&self) -> bool {
@@ -341,6 +498,8 @@ impl Session {
             envid: from.env_id.map(|e| e.into_owned()),
             rcpts: Vec::new(),
             bdat: None,
+            marks: (self.tags.len(), self.symbols.len(), self.trail.len()),
+            discard: false,
         });
         r
     }
@@ -357,7 +516,14 @@ impl Session {
         self.auth_user.is_some() || self.ctx.relay.network_allowed(self.peer.ip())
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Reply {
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> (Reply, bool) {
+        let before = self.tx.as_ref().map_or(0, |t| t.rcpts.len());
+        let r = self.rcpt_inner(to);
+        let after = self.tx.as_ref().map_or(0, |t| t.rcpts.len());
+        (r, after > before)
+    }
+
+    fn rcpt_inner(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Reply {
         let max = self.ctx.cfg.limits.max_recipients;
         let esmtp = self.esmtp;
         let Some(tx) = self.tx.as_ref() else {
@@ -475,6 +641,9 @@ impl Session {
         };
         self.reset_transaction();
         self.reply(r);
+        if std::mem::take(&mut self.shutdown_after_reply) {
+            return Flow::Close;
+        }
         Flow::Continue
     }
 
@@ -545,14 +714,50 @@ impl Session {
         };
         self.reset_transaction();
         self.reply(r);
+        if std::mem::take(&mut self.shutdown_after_reply) {
+            return Flow::Close;
+        }
         Flow::Continue
     }
 
-    /// Writes the transaction to the queue; the reply says whether it is safe.
-    async fn enqueue(&mut self, id: String, header_len: usize, body: Vec<u8>) -> Reply {
+    /// Runs the data and route pipelines, then writes the transaction to
+    /// the queue; the reply says whether it is safe.
+    async fn enqueue(&mut self, id: String, header_len: usize, mut body: Vec<u8>) -> Reply {
+        let mut quarantine: Option<String> = None;
+        for stage in [StageName::Data, StageName::Route] {
+            if !self.policy.is_active(stage) {
+                continue;
+            }
+            let shared = Arc::new(body);
+            let headers = crate::policy::headers::parse(&shared);
+            let out = self.run_stage(stage, None, Some((shared.clone(), headers))).await;
+            body = Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+            if let Some((r, close)) = refusal(&out) {
+                if close {
+                    self.shutdown_after_reply = true;
+                }
+                return r;
+            }
+            match &out.verdict {
+                Some(Final::Discard) => {
+                    tracing::info!(id = %id, "discarded by policy");
+                    return Reply::new(250, "2.0.0", "OK: discarded by policy");
+                }
+                Some(Final::Quarantine(why)) => quarantine = Some(why.clone()),
+                _ => {}
+            }
+            body = crate::policy::headers::apply(body, header_len, &out.changes);
+            self.apply_envelope_changes(&out, None);
+        }
+        if self.tx.as_ref().is_some_and(|t| t.discard) {
+            return Reply::new(250, "2.0.0", "OK: discarded by policy");
+        }
         let Some(tx) = self.tx.as_ref() else {
             return canned::bad_sequence("no transaction");
         };
+        if tx.rcpts.is_empty() {
+            return Reply::new(554, "5.5.1", "No recipients left after policy");
+        }
         let now = chrono::Utc::now();
         let meta = MessageMeta {
             id: id.clone(),
@@ -572,9 +777,20 @@ impl Session {
             priority: self.ctx.priority,
             history: Vec::new(),
             delay_notified: false,
+            decisions: self.trail.clone(),
+            tags: self.tags.clone(),
+            symbols: self.symbols.clone(),
+            quarantine: quarantine.clone(),
         };
+        let mut meta = meta;
+        if quarantine.is_some() {
+            meta.state = MessageState::Held;
+        }
         match self.ctx.queue.insert(&meta, &body).await {
             Ok(()) => {
+                if let Some(q) = &meta.quarantine {
+                    tracing::info!(id = %id, reason = %q, "quarantined by policy (held)");
+                }
                 self.ctx.queued.notify_one();
                 let content = (body.len() - header_len) as u64;
                 metrics::counter!("weir_messages_accepted_total", "listener" => self.ctx.name.clone()).increment(1);
@@ -783,6 +999,14 @@ impl Session {
             metrics::counter!("weir_auth_total", "listener" => listener, "result" => "success").increment(1);
             tracing::info!(peer = %self.peer, user = %user, "authenticated");
             self.auth_user = Some(user);
+            if self.policy.is_active(StageName::Auth) {
+                let out = self.run_stage(StageName::Auth, None, None).await;
+                if let Some((r, close)) = refusal(&out) {
+                    self.auth_user = None;
+                    self.reply(r);
+                    return if close { Flow::Close } else { Flow::Continue };
+                }
+            }
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
         } else {
             metrics::counter!("weir_auth_total", "listener" => listener, "result" => "failure").increment(1);
@@ -807,6 +1031,37 @@ fn is_bare_postmaster(line: &[u8]) -> bool {
             .trim_start()
         .get(..12)
         .is_some_and(|a| a.eq_ignore_ascii_case("<postmaster>"))
+}
+
+enum HelloKind {
+    Ehlo,
+    Helo,
+}
+
+fn req_kind(line: &[u8]) -> HelloKind {
+    if starts_with_ci(line, b"EHLO") {
+        HelloKind::Ehlo
+    } else {
+        HelloKind::Helo
+    }
+}
+
+/// The SMTP reply for a refusing verdict, and whether to close afterwards.
+fn refusal(out: &StageOutcome) -> Option<(Reply, bool)> {
+    let mk = |(code, enhanced, text): (u16, String, String)| Reply {
+        code,
+        enhanced: Some(enhanced),
+        lines: vec![text],
+    };
+    match out.verdict.as_ref()? {
+        Final::Reject(r) => Some((mk(checked_reply(r, 5, (550, "5.7.1"))), false)),
+        Final::Tempfail(r) => Some((mk(checked_reply(r, 4, (451, "4.7.1"))), false)),
+        Final::Disconnect(r) => {
+            let class = if r.code / 100 == 5 { 5 } else { 4 };
+            Some((mk(checked_reply(r, class, (421, "4.7.0"))), true))
+        }
+        Final::Accept | Final::Discard | Final::Quarantine(_) => None,
+    }
 }
 
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {

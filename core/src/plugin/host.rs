@@ -1,0 +1,126 @@
+//! The host capabilities a plugin may be granted: log, config, clock, kv,
+//! dns and body. Each checks its grant first; an ungranted call traps,
+//! which ends the call with a "refused" fault and the step's on_error.
+
+use std::time::Duration;
+
+use wasmtime::Result;
+
+
+use super::weir::plugin::{body, clock, config, dns, kv, log, types};
+use super::PluginState;
+use crate::dns::DnsError;
+use crate::policy::types::Grant;
+
+impl types::Host for PluginState {}
+
+impl log::Host for PluginState {
+    async fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+        self.require(Grant::Log)?;
+        let name = &self.plugin.name;
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            log::Level::Debug => tracing::debug!(plugin = %name, "{message}"),
+            log::Level::Info => tracing::info!(plugin = %name, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin = %name, "{message}"),
+            log::Level::Error => tracing::error!(plugin = %name, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl config::Host for PluginState {
+    async fn get(&mut self) -> Result<String> {
+        self.require(Grant::Config)?;
+        Ok(self.config_json.clone())
+    }
+}
+
+impl clock::Host for PluginState {
+    async fn now_ms(&mut self) -> Result<u64> {
+        self.require(Grant::Clock)?;
+        Ok(crate::queue::id::now_ms())
+    }
+}
+
+impl PluginState {
+    fn store(&mut self) -> Result<crate::plugin::kv::Kv> {
+        self.require(Grant::Kv)?;
+        self.services
+            .kv
+            .clone()
+            .ok_or_else(|| wasmtime::Error::msg("the kv store is not available while checking a policy"))
+    }
+}
+
+impl kv::Host for PluginState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        Ok(self.store()?.get(&self.plugin.name, &key))
+    }
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<u32>) -> Result<()> {
+        self.store()?.set(&self.plugin.name, &key, &value, ttl);
+        Ok(())
+    }
+    async fn incr(&mut self, key: String, delta: i64, ttl: Option<u32>) -> Result<i64> {
+        Ok(self.store()?.incr(&self.plugin.name, &key, delta, ttl))
+    }
+    async fn delete(&mut self, key: String) -> Result<()> {
+        self.store()?.delete(&self.plugin.name, &key);
+        Ok(())
+    }
+}
+
+fn dns_error(e: DnsError) -> String {
+    match e {
+        DnsError::NoSuchDomain => "nxdomain".into(),
+        DnsError::NoRecords => "nodata".into(),
+        DnsError::Temporary(m) => format!("temporary: {m}"),
+    }
+}
+
+async fn budgeted<T>(budget: Duration, f: impl std::future::Future<Output = Result<T, DnsError>>) -> Result<T, String> {
+    match tokio::time::timeout(budget, f).await {
+        Ok(r) => r.map_err(dns_error),
+        Err(_) => Err(format!("temporary: no answer within {budget:?}")),
+    }
+}
+
+impl dns::Host for PluginState {
+    async fn lookup_a(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
+        self.require(Grant::Dns)?;
+        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        Ok(budgeted(b, async move { d.a(&name).await }).await)
+    }
+    async fn lookup_aaaa(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
+        self.require(Grant::Dns)?;
+        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        Ok(budgeted(b, async move { d.aaaa(&name).await }).await)
+    }
+    async fn lookup_mx(&mut self, name: String) -> Result<Result<Vec<(u16, String)>, String>> {
+        self.require(Grant::Dns)?;
+        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        Ok(budgeted(b, async move { d.mx(&name).await }).await)
+    }
+    async fn lookup_txt(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
+        self.require(Grant::Dns)?;
+        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        Ok(budgeted(b, async move { d.txt(&name).await }).await)
+    }
+    async fn lookup_ptr(&mut self, ip: String) -> Result<Result<Vec<String>, String>> {
+        self.require(Grant::Dns)?;
+        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        Ok(budgeted(b, async move { d.ptr(&ip).await }).await)
+    }
+}
+
+impl body::Host for PluginState {
+    async fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.require(Grant::Body)?;
+        let Some(b) = &self.body else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+        let end = start.saturating_add(len.min(1 << 20) as usize).min(b.len());
+        Ok(b[start..end].to_vec())
+    }
+}

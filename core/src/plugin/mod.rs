@@ -1,0 +1,472 @@
+//! The WebAssembly plugin runtime (wasmtime, component model). One engine;
+//! each plugin compiled once at load (compiled artefacts cached on disk by
+//! the file's SHA-256) and pre-linked (`InstancePre`); the pooling
+//! allocator; one instance per plugin per SMTP session, created when first
+//! needed. Every call runs under the plugin's memory cap and time budget
+//! (epoch interruption, yielding to other tasks at every tick). A trap,
+//! panic, time-out, memory exhaustion or refused capability ends that call
+//! only and is reported as a [`Fault`]; too many faults in a window switch
+//! the plugin off (circuit breaker) until the next reload.
+
+pub mod host;
+pub mod kv;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::policy::types::{BreakerConfig, Grant, PluginDecl, StageName};
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../sdk/wit",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use weir::plugin::types as wit;
+
+/// What went wrong in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Trap,
+    Timeout,
+    Memory,
+    Refused,
+    /// Switched off by the circuit breaker.
+    Disabled,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Memory => "memory",
+            FaultKind::Refused => "refused",
+            FaultKind::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+/// Services the host capabilities use.
+pub struct HostServices {
+    pub dns: Arc<crate::dns::Dns>,
+    /// None when only checking a policy (no queue database open).
+    pub kv: Option<kv::Kv>,
+    /// Time budget of one DNS lookup made by a plugin.
+    pub dns_budget: Duration,
+}
+
+/// Per-instance state (the wasmtime store's data).
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) services: Arc<HostServices>,
+    /// The `config:` of the step being run, as JSON.
+    pub(crate) config_json: String,
+    /// The message, at data and route.
+    pub(crate) body: Option<Arc<Vec<u8>>>,
+    memory_cap: usize,
+    memory_exceeded: bool,
+    pub(crate) refused: Option<&'static str>,
+    call_started: Instant,
+    budget: Duration,
+    timed_out: bool,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for PluginState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl PluginState {
+    /// Checks a grant; a missing one is remembered so the fault is "refused".
+    pub(crate) fn require(&mut self, g: Grant) -> wasmtime::Result<()> {
+        if self.plugin.grants.contains(&g) {
+            Ok(())
+        } else {
+            self.refused = Some(g.as_str());
+            Err(wasmtime::Error::msg(format!(
+                "plugin `{}` called the `{}` capability without a grant",
+                self.plugin.name,
+                g.as_str()
+            )))
+        }
+    }
+}
+
+/// A plugin compiled and linked, ready to instantiate.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub grants: Vec<Grant>,
+    pub stages: Vec<StageName>,
+    pub memory_cap: usize,
+    pub budget: Duration,
+    pub default_config: Option<serde_json::Value>,
+    pub sha256: String,
+    pre: PluginPre<PluginState>,
+    breaker: BreakerConfig,
+    faults: Mutex<VecDeque<Instant>>,
+    disabled: AtomicBool,
+}
+
+impl LoadedPlugin {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    fn record_fault(&self, kind: FaultKind) {
+        metrics::counter!("weir_plugin_faults_total", "plugin" => self.name.clone(), "kind" => kind.as_str()).increment(1);
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        f.push_back(now);
+        while f.front().is_some_and(|t| now.duration_since(*t) > self.breaker.window) {
+            f.pop_front();
+        }
+        if f.len() as u32 >= self.breaker.faults && !self.disabled.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                plugin = %self.name,
+                faults = f.len(),
+                window = ?self.breaker.window,
+                "CIRCUIT BREAKER OPEN: plugin switched off until the next reload; its steps' on_error applies"
+            );
+            metrics::gauge!("weir_plugin_circuit_open", "plugin" => self.name.clone()).set(1.0);
+        }
+    }
+}
+
+/// Runtime settings (`plugin_runtime:` in the configuration).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Plugin instances alive at once (across all sessions).
+    pub max_instances: u32,
+    /// Where compiled plugins are cached (default: data_dir/plugin-cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Time budget of one DNS lookup made by a plugin.
+    #[serde(with = "humantime_serde")]
+    pub dns_budget: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 1000,
+            cache_dir: None,
+            dns_budget: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The engine, the linker and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: Option<PathBuf>,
+    max_memory: usize,
+}
+
+/// The largest memory cap any plugin may ask for.
+pub const MAX_PLUGIN_MEMORY_MB: u32 = 256;
+
+impl Runtime {
+    pub fn new(cfg: &RuntimeConfig, cache_dir: Option<PathBuf>) -> Result<Arc<Runtime>> {
+        let max_memory = (MAX_PLUGIN_MEMORY_MB as usize) * 1024 * 1024;
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::new();
+        let n = cfg.max_instances.max(16);
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memory_size(max_memory);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Reserve only what a plugin may use; bounds checks do the rest.
+        config.memory_reservation(max_memory as u64);
+        config.memory_guard_size(64 * 1024);
+        config.memory_reservation_for_growth(0);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("starting the WebAssembly engine: {e}"))?;
+        let mut linker: Linker<PluginState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("linking host capabilities: {e}"))?;
+        // The epoch ticker: deadlines are counted in milliseconds.
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(1));
+                ticker.increment_epoch();
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.or(cfg.cache_dir.clone()),
+            max_memory,
+        }))
+    }
+
+    /// Compiles (or loads from the cache) a component.
+    fn compile(&self, bytes: &[u8], hash: &str) -> Result<Component> {
+        if let Some(dir) = &self.cache_dir {
+            let path = dir.join(format!("{hash}.cwasm"));
+            if path.exists() {
+                // SAFETY: the file was written by `precompile_component` of
+                // this same engine configuration, into our own data directory;
+                // wasmtime checks the engine's compatibility header.
+                match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "stale compiled plugin; recompiling"),
+                }
+            }
+            let compiled = self.engine.precompile_component(bytes).map_err(|e| anyhow!("{e}"))?;
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = dir.join(format!("{hash}.cwasm.tmp"));
+            if std::fs::write(&tmp, &compiled).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+            // SAFETY: as above; these bytes were just produced by this engine.
+            return unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| anyhow!("{e}"));
+        }
+        Component::from_binary(&self.engine, bytes).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Loads one plugin: reads, checks the pin, compiles, links, and asks
+    /// it which stages it handles.
+    pub async fn load(self: &Arc<Self>, name: &str, decl: &PluginDecl, base: &Path, services: &Arc<HostServices>) -> Result<Arc<LoadedPlugin>> {
+        let path = base.join(&decl.path.0);
+        let bytes = std::fs::read(&path).map_err(|e| anyhow!("cannot read plugin {}: {e}", path.display()))?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        if let Some(pin) = &decl.sha256 {
+            if !pin.eq_ignore_ascii_case(&hash) {
+                return Err(anyhow!("sha256 of {} is {hash}, but the policy pins {pin}", path.display()));
+            }
+        }
+        let component = self
+            .compile(&bytes, &hash)
+            .map_err(|e| anyhow!("{} is not a valid plugin component: {e}", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("{} imports something Weir does not provide: {e}", path.display()))?;
+        let pre = PluginPre::new(pre).map_err(|e| anyhow!("{} is not a weir:plugin component: {e}", path.display()))?;
+        let memory_cap = (decl.limits.memory_mb as usize * 1024 * 1024).min(self.max_memory);
+        let mut plugin = LoadedPlugin {
+            name: name.to_string(),
+            grants: decl.grants.clone(),
+            stages: Vec::new(),
+            memory_cap,
+            budget: decl.limits.time_budget,
+            default_config: decl.config.clone(),
+            sha256: hash,
+            pre,
+            breaker: decl.circuit_breaker.clone(),
+            faults: Mutex::new(VecDeque::new()),
+            disabled: AtomicBool::new(false),
+        };
+        // Ask it which stages it handles, in a throw-away instance.
+        let probe = Arc::new(LoadedPlugin {
+            name: plugin.name.clone(),
+            grants: Vec::new(),
+            stages: Vec::new(),
+            memory_cap,
+            budget: plugin.budget.max(Duration::from_secs(1)),
+            default_config: None,
+            sha256: plugin.sha256.clone(),
+            pre: plugin.pre.clone(),
+            breaker: plugin.breaker.clone(),
+            faults: Mutex::new(VecDeque::new()),
+            disabled: AtomicBool::new(false),
+        });
+        let mut inst = Instance::new(self, probe, services.clone()).await.map_err(|f| anyhow!("{}", f.message))?;
+        let stages = inst.handles().await.map_err(|f| anyhow!("asking {name} which stages it handles: {}", f.message))?;
+        plugin.stages = stages;
+        tracing::info!(plugin = %name, path = %path.display(), stages = ?plugin.stages, "plugin loaded");
+        Ok(Arc::new(plugin))
+    }
+}
+
+fn stage_from_wit(s: wit::Stage) -> StageName {
+    match s {
+        wit::Stage::Connect => StageName::Connect,
+        wit::Stage::Helo => StageName::Helo,
+        wit::Stage::Auth => StageName::Auth,
+        wit::Stage::MailFrom => StageName::MailFrom,
+        wit::Stage::RcptTo => StageName::RcptTo,
+        wit::Stage::Data => StageName::Data,
+        wit::Stage::Route => StageName::Route,
+    }
+}
+
+pub fn stage_to_wit(s: StageName) -> wit::Stage {
+    match s {
+        StageName::Connect => wit::Stage::Connect,
+        StageName::Helo => wit::Stage::Helo,
+        StageName::Auth => wit::Stage::Auth,
+        StageName::MailFrom => wit::Stage::MailFrom,
+        StageName::RcptTo => wit::Stage::RcptTo,
+        StageName::Data => wit::Stage::Data,
+        StageName::Route => wit::Stage::Route,
+    }
+}
+
+/// One plugin's instance within one session.
+pub struct Instance {
+    store: Store<PluginState>,
+    bindings: Plugin,
+    /// Set when a call was cut off mid-way: the instance must not be reused.
+    pub broken: bool,
+}
+
+impl Instance {
+    pub async fn new(rt: &Runtime, plugin: Arc<LoadedPlugin>, services: Arc<HostServices>) -> Result<Instance, Fault> {
+        let state = PluginState {
+            // No files, no environment, no network, no clocks beyond WASI's: a sealed box.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory_cap: plugin.memory_cap,
+            budget: plugin.budget,
+            plugin: plugin.clone(),
+            services,
+            config_json: String::new(),
+            body: None,
+            memory_exceeded: false,
+            refused: None,
+            call_started: Instant::now(),
+            timed_out: false,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        arm_deadline(&mut store);
+        let bindings = plugin.pre.instantiate_async(&mut store).await.map_err(|e| classify(&mut store, e))?;
+        Ok(Instance {
+            store,
+            bindings,
+            broken: false,
+        })
+    }
+
+    async fn handles(&mut self) -> Result<Vec<StageName>, Fault> {
+        self.begin_call(None, None);
+        let r = self.bindings.call_handles(&mut self.store).await;
+        match r {
+            Ok(v) => Ok(v.into_iter().map(stage_from_wit).collect()),
+            Err(e) => Err(classify(&mut self.store, e)),
+        }
+    }
+
+    fn begin_call(&mut self, config: Option<String>, body: Option<Arc<Vec<u8>>>) {
+        let s = self.store.data_mut();
+        s.call_started = Instant::now();
+        s.timed_out = false;
+        s.memory_exceeded = false;
+        s.refused = None;
+        s.config_json = config.unwrap_or_default();
+        s.body = body;
+        arm_deadline(&mut self.store);
+    }
+
+    /// Calls `on-stage`; a fault leaves the instance usable only for traps
+    /// the guest can recover from, which in Rust is none: callers drop it.
+    pub async fn on_stage(&mut self, ctx: &wit::Context, config: String, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+        self.begin_call(Some(config), body);
+        let budget = self.store.data().budget;
+        let dns_budget = self.store.data().services.dns_budget;
+        // The epoch callback bounds guest time; this bounds host waits too.
+        let limit = budget + dns_budget + Duration::from_millis(500);
+        let call = self.bindings.call_on_stage(&mut self.store, ctx);
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(d)) => {
+                self.store.data_mut().body = None;
+                Ok(d)
+            }
+            Ok(Err(e)) => {
+                self.broken = true;
+                Err(classify(&mut self.store, e))
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(Fault {
+                    kind: FaultKind::Timeout,
+                    message: format!("call took longer than {limit:?}"),
+                })
+            }
+        }
+    }
+
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.store.data().plugin
+    }
+}
+
+fn arm_deadline(store: &mut Store<PluginState>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let s = ctx.data_mut();
+        if s.call_started.elapsed() > s.budget {
+            s.timed_out = true;
+            return Err(wasmtime::Error::msg(format!("time budget of {:?} exceeded", s.budget)));
+        }
+        // Let other sessions run between ticks.
+        Ok(UpdateDeadline::Yield(1))
+    });
+}
+
+fn classify(store: &mut Store<PluginState>, e: wasmtime::Error) -> Fault {
+    let s = store.data();
+    let kind = if s.timed_out {
+        FaultKind::Timeout
+    } else if s.memory_exceeded {
+        FaultKind::Memory
+    } else if s.refused.is_some() {
+        FaultKind::Refused
+    } else {
+        FaultKind::Trap
+    };
+    let message = format!("{e:#}");
+    Fault { kind, message }
+}
+
+/// The plugins of one policy, by name.
+pub type LoadedPlugins = HashMap<String, Arc<LoadedPlugin>>;
+
+/// Records a fault against a plugin (metrics, circuit breaker).
+pub fn note_fault(p: &LoadedPlugin, f: &Fault) {
+    if f.kind != FaultKind::Disabled {
+        p.record_fault(f.kind);
+    }
+}

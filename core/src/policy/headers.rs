@@ -1,0 +1,155 @@
+//! The message's header block as plugins see it (unfolded name/value
+//! pairs) and the header changes they may ask for: add, remove, replace.
+//! Weir's own Received: header (the first `keep` octets) is never touched.
+
+use crate::plugin::wit;
+
+fn header_block_end(body: &[u8]) -> usize {
+    body.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
+}
+
+/// Header fields: (name, raw field including its CRLF and continuation lines).
+fn fields(block: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in block.split_inclusive(|b| *b == b'\n') {
+        if (line.starts_with(b" ") || line.starts_with(b"\t")) && !out.is_empty() {
+            if let Some(last) = out.last_mut() {
+                last.1.extend_from_slice(line);
+            }
+            continue;
+        }
+        let name = line
+            .iter()
+            .position(|b| *b == b':')
+            .map(|p| String::from_utf8_lossy(&line[..p]).trim().to_string())
+            .unwrap_or_default();
+        out.push((name, line.to_vec()));
+    }
+    out
+}
+
+/// The headers, unfolded.
+pub fn parse(body: &[u8]) -> Vec<wit::Header> {
+    let end = header_block_end(body);
+    fields(&body[..end])
+        .into_iter()
+        .filter(|(n, _)| !n.is_empty())
+        .map(|(name, raw)| {
+            let text = String::from_utf8_lossy(&raw);
+            let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
+            let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
+            wit::Header { name, value }
+        })
+        .collect()
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 76 && n.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+}
+
+/// A header field as it will be written: CR/LF in the value cannot inject
+/// fields, long values are folded.
+fn field(name: &str, value: &str) -> Vec<u8> {
+    let clean: String = value
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' || (c.is_control() && c != '\t') { ' ' } else { c })
+        .collect();
+    let mut out = format!("{name}:");
+    let mut line_len = out.len();
+    for word in clean.split(' ').filter(|w| !w.is_empty()) {
+        if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
+            out.push_str("\r\n\t");
+            line_len = 1;
+        } else {
+            out.push(' ');
+            line_len += 1;
+        }
+        out.push_str(word);
+        line_len += word.len();
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Applies header changes to the message; `keep` octets at the front
+/// (Weir's Received: header) stay first and unchanged. New fields go right
+/// after them; a replaced field takes the place of the first it replaces.
+pub fn apply(body: Vec<u8>, keep: usize, changes: &[(String, wit::Change)]) -> Vec<u8> {
+    let relevant: Vec<&wit::Change> = changes
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| matches!(c, wit::Change::AddHeader(_) | wit::Change::RemoveHeader(_) | wit::Change::ReplaceHeader(_)))
+        .collect();
+    if relevant.is_empty() {
+        return body;
+    }
+    let keep = keep.min(body.len());
+    let end = header_block_end(&body[keep..]) + keep;
+    let mut fs = fields(&body[keep..end]);
+    let mut added: Vec<Vec<u8>> = Vec::new();
+    for c in relevant {
+        match c {
+            wit::Change::AddHeader(h) if valid_name(&h.name) => added.push(field(&h.name, &h.value)),
+            wit::Change::RemoveHeader(n) => fs.retain(|(name, _)| !name.eq_ignore_ascii_case(n)),
+            wit::Change::ReplaceHeader(h) if valid_name(&h.name) => {
+                let new = field(&h.name, &h.value);
+                match fs.iter().position(|(name, _)| name.eq_ignore_ascii_case(&h.name)) {
+                    Some(i) => {
+                        fs[i] = (h.name.clone(), new);
+                        let mut k = 0;
+                        fs.retain(|(name, _)| {
+                            let drop = name.eq_ignore_ascii_case(&h.name) && k > i;
+                            k += 1;
+                            !drop
+                        });
+                    }
+                    None => added.push(new),
+                }
+            }
+            other => tracing::warn!(change = ?other, "header change with an invalid field name ignored"),
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 256);
+    out.extend_from_slice(&body[..keep]);
+    for a in added {
+        out.extend_from_slice(&a);
+    }
+    for (_, raw) in fs {
+        out.extend_from_slice(&raw);
+    }
+    out.extend_from_slice(&body[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(c: wit::Change) -> (String, wit::Change) {
+        ("p".into(), c)
+    }
+
+    #[test]
+    fn parse_unfolds() {
+        let h = parse(b"Subject: a\r\n b\r\nFrom: x@y\r\n\r\nbody");
+        assert_eq!(h[0].value, "a b");
+        assert_eq!(h[1].name, "From");
+    }
+
+    #[test]
+    fn add_remove_replace() {
+        let msg = b"Received: mine\r\nX-Old: 1\r\nSubject: hi\r\nX-Old: 2\r\n\r\nbody\r\nX-Old: not a header\r\n".to_vec();
+        let keep = b"Received: mine\r\n".len();
+        let out = apply(
+            msg,
+            keep,
+            &[
+                ch(wit::Change::AddHeader(wit::Header { name: "X-Added".into(), value: "yes\r\nBcc: evil@x".into() })),
+                ch(wit::Change::RemoveHeader("x-old".into())),
+                ch(wit::Change::ReplaceHeader(wit::Header { name: "Subject".into(), value: "[SPAM] hi".into() })),
+            ],
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s, "Received: mine\r\nX-Added: yes Bcc: evil@x\r\nSubject: [SPAM] hi\r\n\r\nbody\r\nX-Old: not a header\r\n");
+    }
+}

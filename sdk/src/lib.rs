@@ -1,0 +1,105 @@
+//! The Rust SDK for Weir policy plugins.
+//!
+//! A plugin is a type implementing [`Plugin`] (one method per SMTP stage,
+//! each defaulting to "continue") exported with [`export_plugin!`]. It
+//! builds with `cargo build --target wasm32-wasip2 --release` into a
+//! WebAssembly component of the `weir:plugin` world (see `sdk/wit/`).
+//! One instance lives per SMTP session, so fields of the plugin type are
+//! per-session state.
+//!
+//! Host capabilities are in [`host`]: they call the server when running in
+//! Weir, and the [`testing::Harness`] when the plugin's tests run natively.
+
+pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+
+pub use types::*;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "weir_plugin_sdk::bindings",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod convert;
+
+/// A policy plugin. Every method has a default that lets the message
+/// continue; implement the stages you need and list them in `STAGES`.
+pub trait Plugin: Default {
+    /// The stages this plugin handles; placing it at another stage in a
+    /// pipeline is refused when the policy is loaded.
+    const STAGES: &'static [Stage];
+
+    fn connect(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn helo(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn auth(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn mail_from(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn rcpt_to(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn data(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+    fn route(&mut self, _ctx: &Context) -> Decision {
+        Decision::next()
+    }
+}
+
+/// Calls the method for `ctx.stage`.
+pub fn dispatch<P: Plugin>(p: &mut P, ctx: &Context) -> Decision {
+    match ctx.stage {
+        Stage::Connect => p.connect(ctx),
+        Stage::Helo => p.helo(ctx),
+        Stage::Auth => p.auth(ctx),
+        Stage::MailFrom => p.mail_from(ctx),
+        Stage::RcptTo => p.rcpt_to(ctx),
+        Stage::Data => p.data(ctx),
+        Stage::Route => p.route(ctx),
+    }
+}
+
+/// Exports a [`Plugin`] type as the component's `weir:plugin` world.
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __weir_plugin_export {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::bindings::weir::plugin::types as wit;
+            struct Exported;
+            thread_local! {
+                static INSTANCE: ::core::cell::RefCell<$ty> = ::core::cell::RefCell::new(<$ty as ::core::default::Default>::default());
+            }
+            impl $crate::bindings::Guest for Exported {
+                fn handles() -> Vec<wit::Stage> {
+                    <$ty as $crate::Plugin>::STAGES.iter().map(|s| $crate::convert::stage_to_wit(*s)).collect()
+                }
+                fn on_stage(ctx: wit::Context) -> wit::Decision {
+                    let ctx = $crate::convert::context_from_wit(ctx);
+                    let d = INSTANCE.with(|p| $crate::dispatch(&mut *p.borrow_mut(), &ctx));
+                    $crate::convert::decision_to_wit(d)
+                }
+            }
+            $crate::bindings::__export_world!(Exported with_types_in $crate::bindings);
+        }
+    };
+}
