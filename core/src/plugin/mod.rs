@@ -279,6 +279,18 @@ impl Runtime {
         let component = self
             .compile(&bytes, &hash)
             .map_err(|e| anyhow!("{} is not a valid plugin component: {e}", path.display()))?;
+        // Load-time enforcement of grants: a capability interface the
+        // component imports must be granted.
+        let imported = imported_capabilities(&self.engine, &component);
+        tracing::debug!(plugin = %name, ?imported, "plugin imports");
+        for cap in &imported {
+            if !decl.grants.iter().any(|g| g.as_str() == cap) {
+                return Err(anyhow!(
+                    "{} imports the `{cap}` capability (weir:plugin/{cap}) but the policy does not grant it",
+                    path.display()
+                ));
+            }
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -318,6 +330,22 @@ impl Runtime {
         tracing::info!(plugin = %name, path = %path.display(), stages = ?plugin.stages, "plugin loaded");
         Ok(Arc::new(plugin))
     }
+}
+
+/// The host capabilities (weir:plugin/<name>) a component imports.
+fn imported_capabilities(engine: &Engine, c: &Component) -> Vec<String> {
+    let ty = c.component_type();
+    let mut out: Vec<String> = ty
+        .imports(engine)
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix("weir:plugin/")?;
+            let iface = rest.split('@').next()?;
+            (iface != "types").then(|| iface.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn stage_from_wit(s: wit::Stage) -> StageName {

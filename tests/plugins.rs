@@ -1,0 +1,349 @@
+//! Policy plugins in real SMTP sessions: misbehaving plugins (infinite
+//! loop, unbounded allocation, panic, ungranted capability) fault without
+//! hurting other clients; a five-plugin pipeline across every stage driven
+//! by smtplib; `weir policy check` errors with file:line:column; reload
+//! during traffic.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn plugins_block(extra: &str) -> String {
+    format!(
+        r#"
+plugins:
+  loop:
+    path: {}
+    limits: {{time_budget: 100ms}}
+  alloc:
+    path: {}
+    limits: {{memory_mb: 16}}
+  trap:
+    path: {}
+    circuit_breaker: {{faults: 1000, window: 60s}}
+  stamp_nogrant:
+    path: {}
+    grants: [body, kv, tags]
+  conn:
+    path: {}
+    grants: [config, tags]
+    config: {{deny_helos: [bad.example]}}
+  sender:
+    path: {}
+    grants: [config, log]
+    config: {{blocked_senders: [spam@example.org], blocked_users: [blocked]}}
+  rcpt:
+    path: {}
+    grants: [symbols, route]
+  stamp:
+    path: {}
+    grants: [body, kv, headers, tags]
+  router:
+    path: {}
+{extra}"#,
+        plugin("test_loop"),
+        plugin("test_alloc"),
+        plugin("test_trap"),
+        plugin("test_stamp"),
+        plugin("test_conn_guard"),
+        plugin("test_sender_guard"),
+        plugin("test_rcpt_guard"),
+        plugin("test_stamp"),
+        plugin("test_router"),
+    )
+}
+
+/// Sends messages on `port` until stopped; counts successes and failures.
+fn background_sender(port: u16, stop: Arc<AtomicBool>, ok: Arc<AtomicUsize>, failed: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let r = std::panic::catch_unwind(|| {
+                let mut c = Smtp::connect(port);
+                c.cmd("EHLO steady.test").is(250, "");
+                c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: steady\r\n\r\nx").code
+            });
+            match r {
+                Ok(250) => ok.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    })
+}
+
+#[test]
+fn misbehaving_plugins_fault_alone() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  good:
+    bind: 127.0.0.1:{{port:good}}
+    tls: none
+  loop:
+    bind: 127.0.0.1:{{port:loop}}
+    tls: none
+    pipeline: p_loop
+  alloc:
+    bind: 127.0.0.1:{{port:alloc}}
+    tls: none
+    pipeline: p_alloc
+  trap:
+    bind: 127.0.0.1:{{port:trap}}
+    tls: none
+    pipeline: p_trap
+  refused:
+    bind: 127.0.0.1:{{port:refused}}
+    tls: none
+    pipeline: p_refused
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+{}
+pipelines:
+  p_loop:
+    data: [{{plugin: loop}}]
+  p_alloc:
+    data: [{{plugin: alloc, on_error: continue}}]
+  p_trap:
+    data: [{{plugin: trap, on_error: reject}}]
+  p_refused:
+    data: [{{plugin: stamp_nogrant}}]
+"#,
+        plugins_block("")
+    );
+    let s = Server::start(&cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let bg = background_sender(s.port("good"), stop.clone(), ok.clone(), failed.clone());
+    let send = |listener: &str| {
+        let mut c = Smtp::connect(s.port(listener));
+        c.cmd("EHLO client.test").is(250, "");
+        let r = c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: hi\r\n\r\nx");
+        // The session goes on after the fault.
+        c.cmd("NOOP").is(250, "2.0.0");
+        r
+    };
+    for _ in 0..3 {
+        // Infinite loop: cut off by the time budget, on_error tempfail (the default).
+        send("loop").is(451, "4.3.0");
+        // Unbounded allocation: stopped at the memory cap, on_error continue.
+        let id = queued_id(&send("alloc"));
+        let m = s.queue_show(&id);
+        assert_eq!(m["decisions"][0]["verdict"], "fault:memory", "{m}");
+        // Panic: a trap, on_error reject.
+        send("trap").is(554, "5.7.0");
+        // A change it was not granted: refused, on_error tempfail.
+        send("refused").is(451, "4.3.0");
+    }
+    stop.store(true, Ordering::Relaxed);
+    bg.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "other clients were hurt");
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    let m = s.metrics();
+    for (plugin, kind) in [("loop", "timeout"), ("alloc", "memory"), ("trap", "trap"), ("stamp_nogrant", "refused")] {
+        let n = metric_value(&m, "weir_plugin_faults_total", &[&format!("plugin=\"{plugin}\""), &format!("kind=\"{kind}\"")]);
+        assert_eq!(n, 3.0, "{plugin}/{kind} faults in /metrics:\n{m}");
+    }
+    assert!(metric_value(&m, "weir_plugin_call_seconds_count", &["plugin=\"loop\""]) >= 3.0, "{m}");
+}
+
+#[test]
+fn the_circuit_breaker_switches_a_faulty_plugin_off() {
+    let cfg = format!(
+        "server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 127.0.0.1:{{port:mx}}\n    tls: none\n    pipeline: p\nmetrics:\n  bind: 127.0.0.1:{{metrics}}\ndelivery:\n  enabled: false\nplugins:\n  trap:\n    path: {}\n    circuit_breaker: {{faults: 3, window: 60s}}\npipelines:\n  p:\n    data: [{{plugin: trap, on_error: continue}}]\n",
+        plugin("test_trap")
+    );
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let ids: Vec<String> = (0..5).map(|i| queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: {i}\r\n\r\nx")))).collect();
+    let verdicts: Vec<String> = ids.iter().map(|id| s.queue_show(id)["decisions"][0]["verdict"].as_str().unwrap().to_string()).collect();
+    assert_eq!(verdicts, vec!["fault:trap", "fault:trap", "fault:trap", "fault:disabled", "fault:disabled"]);
+    assert!(s.log().contains("CIRCUIT BREAKER OPEN"), "{}", s.log());
+    let m = s.metrics();
+    assert_eq!(metric_value(&m, "weir_plugin_circuit_open", &["plugin=\"trap\""]), 1.0, "{m}");
+}
+
+#[test]
+fn five_plugin_pipeline_across_every_stage_with_smtplib() {
+    let hash = String::from_utf8(run_ok(Command::new("sh").arg("-c").arg(format!("printf 'pw\\n' | {WEIR} passwd"))).stdout).unwrap();
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  mx:
+    bind: 127.0.0.1:{{port:mx}}
+    tls: none
+    auth: offer
+    auth_over_plaintext: true
+    pipeline: inbound
+  deny:
+    bind: 127.0.0.1:{{port:deny}}
+    tls: none
+    pipeline: denyall
+auth:
+  users:
+    blocked: "{}"
+relay:
+  local_domains: [localhost, routed.test]
+routes:
+  special:
+    type: discard
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+{}
+pipelines:
+  inbound:
+    connect: [{{plugin: conn}}]
+    helo: [{{plugin: conn}}]
+    auth: [{{plugin: sender}}]
+    mail_from: [{{plugin: sender}}]
+    rcpt_to: [{{plugin: rcpt}}]
+    data: [{{plugin: stamp}}]
+    route: [{{plugin: router}}]
+  denyall:
+    connect: [{{plugin: conn, config: {{deny_ips: ["127.0.0.1"]}}}}]
+"#,
+        hash.trim(),
+        plugins_block("")
+    );
+    let s = Server::start(&cfg);
+    let out = run_ok(Command::new("python3").arg(repo_root().join("tests/clients/pipeline_client.py")).arg(s.port("mx").to_string()).arg(s.port("deny").to_string()));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let code = |k: &str| r[k][0].as_u64().unwrap();
+    let text = |k: &str| r[k][1].as_str().unwrap().to_string();
+    assert_eq!(code("good"), 250, "{r}");
+    assert_eq!(code("blocked_sender"), 553, "{r}");
+    assert!(text("blocked_sender").starts_with("5.7.1 You may not send as that address"), "{r}");
+    assert_eq!(code("greylisted_rcpt"), 451, "{r}");
+    assert_eq!(code("quarantine"), 250, "{r}");
+    assert_eq!(code("discard"), 250, "{r}");
+    assert!(text("discard").contains("discarded"), "{r}");
+    assert_eq!(code("blocked_auth"), 535, "{r}");
+    assert_eq!(code("bad_helo"), 550, "{r}");
+    assert_eq!(code("denied_connect"), 554, "{r}");
+    // The accepted message: header changes, envelope route, the whole trail.
+    let id = text("good").rsplit(' ').next().unwrap().to_string();
+    let m = s.queue_show(&id);
+    let raw = String::from_utf8(s.queue_raw(&id)).unwrap();
+    assert!(raw.contains("\r\nX-Weir-Stamp: n=1 "), "{raw}");
+    assert!(raw.contains("client=127.0.0.1"), "tag from connect seen at data: {raw}");
+    assert!(raw.contains("score=1"), "symbols from rcpt seen at data: {raw}");
+    assert!(raw.contains("\r\nSubject: [tagged] hello\r\n"), "{raw}");
+    assert!(!raw.contains("X-Internal"), "{raw}");
+    let plugins: Vec<&str> = m["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap()).collect();
+    for p in ["conn", "rcpt", "sender", "stamp", "router"] {
+        assert!(plugins.contains(&p), "{p} missing from the trail: {m}");
+    }
+    let routed = m["recipients"].as_array().unwrap().iter().find(|r| r["address"] == "u@routed.test").unwrap();
+    assert_eq!(routed["route"], "special");
+    assert_eq!(m["tags"], serde_json::json!([["client", "127.0.0.1"], ["stamped", "yes"]]));
+    // Quarantined: held with its reason; discarded: not queued.
+    let q = s.queue_list();
+    assert_eq!(q.len(), 2, "{q:?}");
+    let held = q.iter().find(|m| m["id"] != id.as_str()).unwrap();
+    assert_eq!(held["state"], "held");
+    assert_eq!(held["quarantine"], "subject asked for it");
+    let metrics = s.metrics();
+    assert!(metric_value(&metrics, "weir_plugin_verdicts_total", &["plugin=\"router\"", "verdict=\"quarantine\""]) >= 1.0, "{metrics}");
+}
+
+fn check(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(WEIR).args(["policy", "check"]).arg(&path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE"))
+}
+
+#[test]
+fn policy_check_reports_each_kind_of_bad_policy_with_a_location() {
+    let base = "listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    pipeline: p\n";
+    let good = format!("{base}plugins:\n  stamp:\n    path: {}\n    grants: [body, kv, headers, tags]\npipelines:\n  p:\n    data: [{{plugin: stamp}}]\n", plugin("test_stamp"));
+    let (code, err) = check(&good);
+    assert_eq!(code, 0, "{err}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        // Unknown plugin in a step.
+        (good.replace("data: [{plugin: stamp}]", "data: [{plugin: stomp}]"), "FILE:11:", "unknown plugin `stomp`"),
+        // A plugin placed at a stage it does not handle.
+        (good.replace("    data: [{plugin: stamp}]", "    helo: [{plugin: stamp}]"), "FILE:11:", "does not handle the helo stage"),
+        // An import it was not granted.
+        (good.replace("grants: [body, kv, headers, tags]", "grants: [body, headers, tags]"), "FILE:7:", "imports the `kv` capability"),
+        // A wrong pin.
+        (good.replace("    grants:", &format!("    sha256: {}\n    grants:", "0".repeat(64))), "FILE:7:", "but the policy pins"),
+        // A file that is not there.
+        (good.replace(&plugin("test_stamp"), "/nonexistent/p.wasm"), "FILE:7:", "cannot read plugin"),
+        // Bad YAML and unknown keys in a step.
+        (good.replace("data: [{plugin: stamp}]", "data: [{plugin: stamp, when: {tls: maybe}}]"), "FILE:11:", "invalid type"),
+        (good.replace("data: [{plugin: stamp}]", "data: [{plugin: stamp, on_eror: continue}]"), "FILE:11:", "unknown field `on_eror`"),
+        (good.replace("    data:", "    dta:"), "FILE:11:5", "unknown field `dta`"),
+    ];
+    for (text, loc, words) in cases {
+        let (code, err) = check(&text);
+        assert_eq!(code, 3, "{text}\n{err}");
+        assert!(err.contains(loc) && err.contains(words), "expected {loc} and {words:?} in {err}");
+    }
+    // A listener naming a pipeline that does not exist.
+    let (code, err) = check(&good.replace("pipeline: p", "pipeline: q"));
+    assert_eq!(code, 3);
+    assert!(err.contains("listeners.mx.pipeline: no pipeline named \"q\""), "{err}");
+}
+
+#[test]
+fn reload_during_traffic_never_fails_a_session() {
+    let template = |pipeline: &str| {
+        format!(
+            "server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 127.0.0.1:{{port:mx}}\n    tls: none\n    pipeline: p\nmetrics:\n  bind: null\ndelivery:\n  enabled: false\n{}\npipelines:\n  p:\n{pipeline}",
+            plugins_block("")
+        )
+    };
+    let s = Server::start(&template("    data: [{plugin: stamp}]\n"));
+    let port = s.port("mx");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let bg = background_sender(port, stop.clone(), ok.clone(), failed.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    // A broken policy: refused, the old one keeps running.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("data: [{plugin: stamp}]", "data: [{plugin: nosuch}]")).unwrap();
+    let out = s.weir(&["reload"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown plugin `nosuch`"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Smtp::connect(port);
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: old\r\n\r\nx"));
+    assert!(String::from_utf8(s.queue_raw(&id)).unwrap().contains("X-Weir-Stamp"), "old policy still runs");
+    let trail = |id: &str| -> Vec<String> {
+        s.queue_show(id)["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(trail(&id), vec!["stamp"]);
+    // A good new policy by `weir reload`, then another by SIGHUP.
+    std::fs::write(&s.config, text.replace("data: [{plugin: stamp}]", "data: [{plugin: stamp}]\n    route: [{plugin: router}]")).unwrap();
+    let out = s.weir(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policy reloaded"));
+    let mut c = Smtp::connect(port);
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: new\r\n\r\nx"));
+    assert_eq!(trail(&id), vec!["stamp", "router"], "the new policy runs");
+    std::fs::write(&s.config, text).unwrap();
+    unsafe {
+        libc::kill(s.pid(), libc::SIGHUP);
+    }
+    wait_for(10, "the SIGHUP reload", || s.log().matches("policy reloaded").nth(1).map(|_| ()));
+    stop.store(true, Ordering::Relaxed);
+    bg.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a session failed during reloads");
+    assert!(ok.load(Ordering::Relaxed) > 0);
+}
