@@ -26,6 +26,8 @@ build: setup plugins
 # Every plugin in the repo, as WebAssembly components (wasm32-wasip2).
 plugins: setup
 	$(CARGO) build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
+	@mkdir -p plugins/build
+	@cp $(CARGO_TARGET_DIR)/wasm32-wasip2/release/*.wasm plugins/build/
 
 run: build
 	$(WEIR) serve

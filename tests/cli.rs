@@ -59,12 +59,10 @@ fn config_check_reports_line_and_column() {
 
 #[test]
 fn shipped_policies_are_valid() {
-    let out = Command::new(WEIR)
-        .args(["config", "check"])
-        .arg(repo_root().join("policies/default.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["policies/default.yaml", "policies/example-pipeline.yaml"] {
+        let out = Command::new(WEIR).args(["policy", "check"]).arg(repo_root().join(f)).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[test]

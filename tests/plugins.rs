@@ -347,3 +347,33 @@ fn reload_during_traffic_never_fails_a_session() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "a session failed during reloads");
     assert!(ok.load(Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn policy_test_runs_fixtures_through_the_real_plugins() {
+    let fixtures: Vec<std::path::PathBuf> = std::fs::read_dir(repo_root().join("policies/tests"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(fixtures.len() >= 3);
+    let out = Command::new(WEIR).args(["policy", "test"]).args(&fixtures).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("PASS ").count(), fixtures.len(), "{text}");
+    // A fixture that expects the wrong thing fails, and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    let original = std::fs::read_to_string(repo_root().join("policies/tests/refusals.yaml")).unwrap();
+    std::fs::write(
+        &wrong,
+        original
+            .replace("config: ../example-pipeline.yaml", &format!("config: {}", repo_root().join("policies/example-pipeline.yaml").display()))
+            .replace("mail_from: reject 553", "mail_from: continue"),
+    )
+    .unwrap();
+    let out = Command::new(WEIR).args(["policy", "test"]).arg(&wrong).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL") && text.contains("mail_from: expected continue, got reject 553"), "{text}");
+}

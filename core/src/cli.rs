@@ -71,6 +71,11 @@ enum PolicyCommand {
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Run fixtures through the real pipeline and plugins; pass/fail per fixture.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -244,6 +249,39 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     })
                     .collect();
                 println!("  pipeline {name}: {}", stages.join("; "));
+            }
+            Ok(())
+        }
+        Command::Policy {
+            cmd: PolicyCommand::Test { files },
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let mut failed = 0;
+            for f in &files {
+                match rt.block_on(crate::policy::fixture::run(f)) {
+                    Ok(problems) if problems.is_empty() => println!("PASS {}", f.display()),
+                    Ok(problems) => {
+                        failed += 1;
+                        println!("FAIL {}", f.display());
+                        for p in problems {
+                            println!("     {p}");
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAIL {}: {e:#}", f.display());
+                    }
+                }
+            }
+            println!("{} passed, {failed} failed", files.len() - failed);
+            if failed > 0 {
+                return Err(Failure {
+                    code: EXIT_FAILURE,
+                    message: format!("{failed} fixture(s) failed"),
+                });
             }
             Ok(())
         }

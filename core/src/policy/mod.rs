@@ -5,6 +5,7 @@
 //! `when:` does not hold, until a verdict other than continue; a fault
 //! becomes the step's `on_error`. Every step's decision is recorded.
 
+pub mod fixture;
 pub mod headers;
 pub mod types;
 
