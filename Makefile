@@ -45,8 +45,10 @@ check:
 	$(CARGO) check $(PROFILE) --workspace --all-targets
 
 bench: build
+	$(CARGO) bench $(PROFILE) --bench plugin_call
 	WEIR=$(WEIR) benches/accept-rate.sh
 	WEIR=$(WEIR) benches/relay-throughput.sh
+	WEIR=$(WEIR) benches/plugin-accept-rate.sh
 
 clean-data:
 	rm -rf ./data

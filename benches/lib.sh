@@ -27,12 +27,15 @@ wait_port() {
     if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null; then return 0; fi
     sleep 0.05
   done
-  echo "nothing listening on $1" >&2; exit 1
+  echo "nothing listening on $1" >&2
+  [ -f "$TMP/weir.log" ] && tail -5 "$TMP/weir.log" >&2
+  exit 1
 }
 
-# start_weir PORT EXTRA_YAML: Weir on PORT with its data under $TMP.
+# start_weir PORT [EXTRA_YAML [EXTRA_LISTENERS]]: Weir on PORT with its data
+# under $TMP; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners.
 start_weir() {
-  local port=$1 extra=${2:-}
+  local port=$1 extra=${2:-} listeners=${3:-}
   cat > "$TMP/weir.yaml" <<YAML
 server:
   hostname: bench.local
@@ -44,6 +47,7 @@ listeners:
     auth: none
     limits:
       max_connections_per_ip: 1000
+$listeners
 relay:
   local_domains: [localhost]
   networks: [127.0.0.0/8]
@@ -57,6 +61,8 @@ YAML
   WEIR_PID=$!
   PIDS+=("$WEIR_PID")
   wait_port "$port"
+  # Give any extra listeners the same moment.
+  sleep 0.5
 }
 
 # start_postfix PORT [RELAYHOST]: a private Postfix instance (the system's is

@@ -309,7 +309,7 @@ fn auth_config() -> String {
 server:
   hostname: mx.test
 listeners:
-  submission:
+  sub:
     bind: 127.0.0.1:{{port:sub}}
     tls: starttls
     require_tls: true

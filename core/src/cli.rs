@@ -566,6 +566,26 @@ fn print_message(m: &MessageMeta) {
             .unwrap_or_default();
         println!("next try:    {next}");
     }
+    if let Some(q) = &m.quarantine {
+        println!("quarantine:  {q}");
+    }
+    for (k, v) in &m.tags {
+        println!("tag:         {k}={v}");
+    }
+    for (k, v) in &m.symbols {
+        println!("symbol:      {k} {v:+}");
+    }
+    for d in &m.decisions {
+        println!(
+            "decision:    {:<9} {:<12} {:<14} {:>6}us{}{}",
+            d.stage.as_str(),
+            d.plugin,
+            d.verdict,
+            d.micros,
+            d.recipient.as_ref().map(|r| format!(" rcpt={r}")).unwrap_or_default(),
+            d.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+    }
     for a in &m.history {
         let at = chrono::DateTime::from_timestamp(a.at, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
         println!(

@@ -652,7 +652,10 @@ impl Config {
                     "listeners.{name}: a listener name uses only letters, digits, '-' and '_'"
                 ));
             }
-            if let Some(other) = binds.insert(l.bind, name) {
+            // Port 0 means "any free port": never a clash.
+            if l.bind.port() == 0 {
+                // nothing to compare
+            } else if let Some(other) = binds.insert(l.bind, name) {
                 return Err(format!(
                     "listeners.{name}.bind: {} is already used by listener {other}",
                     l.bind

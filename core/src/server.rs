@@ -158,7 +158,7 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
     let default_host = config.hostname();
     let services = Arc::new(crate::plugin::HostServices {
         dns: dns.clone(),
-        kv: Some(queue.kv()),
+        kv: Some(crate::plugin::kv::Kv::open(&data_dir.join("kv"))?),
         dns_budget: config.plugin_runtime.dns_budget,
     });
     let reloader = Arc::new(Reloader {
@@ -185,10 +185,13 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
 
     // Bind everything before accepting anything, so a bad address fails the start.
     let mut bound = Vec::new();
+    let mut addresses = std::collections::BTreeMap::new();
     for (name, l) in &config.listeners {
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener {name}: cannot bind {}", l.bind))?;
+        let actual = listener.local_addr().unwrap_or(l.bind);
+        addresses.insert(name.clone(), actual.to_string());
         let ctx = Arc::new(ListenerCtx {
             name: name.clone(),
             cfg: l.clone(),
@@ -201,8 +204,14 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
             queued: queued.clone(),
             policy: reloader.policy.clone(),
         });
-        tracing::info!(listener = %name, bind = %l.bind, tls = ?l.tls, auth = ?l.auth, "listening");
+        tracing::info!(listener = %name, bind = %actual, tls = ?l.tls, auth = ?l.auth, "listening");
         bound.push((listener, ctx));
+    }
+    // Where each listener really is (useful with port 0): data_dir/listeners.json.
+    let listeners_file = data_dir.join("listeners.json");
+    let tmp = data_dir.join("listeners.json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&addresses)?).is_ok() {
+        let _ = std::fs::rename(&tmp, &listeners_file);
     }
     let ops = Arc::new(crate::delivery::ops::QueueOps {
         queue: queue.clone(),

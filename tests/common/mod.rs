@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 
 pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
+/// A free port for helpers (sinks, LMTP and DNS servers, metrics): chosen
+/// at random below the kernel's ephemeral range, where Weir's own
+/// listeners (bound to port 0 in tests) and outgoing connections live, so
+/// that concurrently running tests do not hand each other the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    loop {
+        let p: u16 = 20000 + (rand::random::<u16>() % 12000);
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// The repository root (for tests/clients scripts and shared/).
@@ -34,18 +39,17 @@ pub struct Server {
     pub metrics_port: u16,
 }
 
-/// A config template: `{port:NAME}` becomes a free port (the same for
-/// every use of NAME), `{metrics}` the metrics port.
-pub fn render(template: &str, ports: &mut HashMap<String, u16>, metrics_port: u16) -> String {
+/// A config template: `{port:NAME}` (in listener NAME's bind address)
+/// becomes port 0 — the server picks, and says where in
+/// data_dir/listeners.json — and `{metrics}` a free port.
+pub fn render(template: &str, metrics_port: u16) -> String {
     let mut out = String::new();
     let mut rest = template;
     while let Some(i) = rest.find("{port:") {
         out.push_str(&rest[..i]);
         let after = &rest[i + 6..];
         let j = after.find('}').expect("closing brace");
-        let name = &after[..j];
-        let p = *ports.entry(name.to_string()).or_insert_with(free_port);
-        out.push_str(&p.to_string());
+        out.push('0');
         rest = &after[j + 1..];
     }
     out.push_str(rest);
@@ -77,9 +81,9 @@ impl Server {
 
     pub fn start_with(template: &str, extra_args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut ports = HashMap::new();
+        let ports = HashMap::new();
         let metrics_port = free_port();
-        let text = render(template, &mut ports, metrics_port);
+        let text = render(template, metrics_port);
         let config = dir.path().join("weir.yaml");
         std::fs::write(&config, text).expect("write config");
         let mut s = Server {
@@ -123,9 +127,30 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let listeners_file = self.data_dir().join("listeners.json");
+        let _ = std::fs::remove_file(&listeners_file);
         let child = cmd.spawn().expect("spawn weir");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
+        // The server writes where its listeners are once they are bound.
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("weir exited early ({status}):\n{}", self.log());
+                }
+            }
+            if let Ok(text) = std::fs::read_to_string(&listeners_file) {
+                if let Ok(map) = serde_json::from_str::<HashMap<String, String>>(&text) {
+                    self.ports = map
+                        .into_iter()
+                        .map(|(k, v)| (k, v.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)))
+                        .collect();
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "weir never wrote {}:\n{}", listeners_file.display(), self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for (name, port) in self.ports.clone() {
             loop {
                 if let Some(c) = self.child.as_mut() {

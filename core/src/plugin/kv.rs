@@ -1,8 +1,9 @@
-//! The plugins' key-value store: a RocksDB column family in the queue's
-//! database, keys prefixed by the plugin's name so each plugin sees only
-//! its own. Values carry an expiry time; expired values read as absent.
-//! Writes are not fsync'd (greylisting and rate-limit state may lose the
-//! last moments before a crash; queued mail never does).
+//! The plugins' key-value store: its own RocksDB (`<data_dir>/kv`), keys
+//! prefixed by the plugin's name so each plugin sees only its own. Values
+//! carry an expiry time; expired values read as absent. Writes go to the
+//! WAL without fsync (greylisting and rate-limit state may lose the last
+//! moments before a machine crash; queued mail never does). A database of
+//! its own, because writes to the queue's would wait behind its syncs.
 
 use std::sync::{Arc, Mutex};
 
@@ -51,8 +52,16 @@ fn decode(raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Kv {
-    pub fn new(db: Arc<DB>) -> Kv {
-        Kv { db, lock: Arc::new(Mutex::new(())) }
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &std::path::Path) -> anyhow::Result<Kv> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(3);
+        let cfs = vec![rocksdb::ColumnFamilyDescriptor::new(CF_KV, rocksdb::Options::default())];
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|e| anyhow::anyhow!("opening the plugin kv store at {}: {e}", dir.display()))?;
+        Ok(Kv { db: Arc::new(db), lock: Arc::new(Mutex::new(())) })
     }
 
     fn write_opts() -> WriteOptions {

@@ -86,6 +86,10 @@ pub struct PluginState {
     memory_exceeded: bool,
     pub(crate) refused: Option<&'static str>,
     call_started: Instant,
+    /// Epoch ticks (milliseconds) of guest execution in the current call:
+    /// the time budget counts running time, not time spent waiting for a
+    /// busy executor or for a host call.
+    ticks_used: u64,
     budget: Duration,
     timed_out: bool,
 }
@@ -395,6 +399,7 @@ impl Instance {
             memory_exceeded: false,
             refused: None,
             call_started: Instant::now(),
+            ticks_used: 0,
             timed_out: false,
         };
         let mut store = Store::new(&rt.engine, state);
@@ -420,12 +425,14 @@ impl Instance {
     fn begin_call(&mut self, config: Option<String>, body: Option<Arc<Vec<u8>>>) {
         let s = self.store.data_mut();
         s.call_started = Instant::now();
+        s.ticks_used = 0;
         s.timed_out = false;
         s.memory_exceeded = false;
         s.refused = None;
         s.config_json = config.unwrap_or_default();
         s.body = body;
-        arm_deadline(&mut self.store);
+        // The callback stays registered; only the deadline is re-armed.
+        self.store.set_epoch_deadline(1);
     }
 
     /// Calls `on-stage`; a fault leaves the instance usable only for traps
@@ -434,8 +441,9 @@ impl Instance {
         self.begin_call(Some(config), body);
         let budget = self.store.data().budget;
         let dns_budget = self.store.data().services.dns_budget;
-        // The epoch callback bounds guest time; this bounds host waits too.
-        let limit = budget + dns_budget + Duration::from_millis(500);
+        // The epoch callback bounds guest running time; this bounds the
+        // whole call, host waits and a saturated executor included.
+        let limit = budget * 10 + dns_budget + Duration::from_secs(5);
         let call = self.bindings.call_on_stage(&mut self.store, ctx);
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(d)) => {
@@ -465,7 +473,8 @@ fn arm_deadline(store: &mut Store<PluginState>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let s = ctx.data_mut();
-        if s.call_started.elapsed() > s.budget {
+        s.ticks_used += 1;
+        if Duration::from_millis(s.ticks_used) > s.budget {
             s.timed_out = true;
             return Err(wasmtime::Error::msg(format!("time budget of {:?} exceeded", s.budget)));
         }

@@ -106,11 +106,11 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
         return Err(anyhow!("{}: no pipeline {:?} in {}", path.display(), f.pipeline, config_path.display()));
     }
     let scratch = tempfile_dir()?;
-    let queue = crate::queue::Queue::open(&scratch)?;
+    let kv = crate::plugin::kv::Kv::open(&scratch)?;
     let runtime = crate::plugin::Runtime::new(&config.plugin_runtime, None)?;
     let services = Arc::new(crate::plugin::HostServices {
         dns: Arc::new(crate::dns::Dns::new(&config.dns)?),
-        kv: Some(queue.kv()),
+        kv: Some(kv),
         dns_budget: config.plugin_runtime.dns_budget,
     });
     let origin = crate::policy::ConfigOrigin {
@@ -262,7 +262,8 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
             failures.push(format!("sender: expected {s:?}, got {sender_now:?}"));
         }
     }
-    drop(queue);
+    drop(sp);
+    drop(services);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(failures)
 }

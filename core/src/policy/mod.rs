@@ -62,6 +62,23 @@ struct PreparedStep {
     config_json: String,
     when: When,
     on_error: OnError,
+    /// Metric handles made once, not per call.
+    latency: metrics::Histogram,
+    verdicts: [metrics::Counter; 7],
+}
+
+const VERDICTS: [&str; 7] = ["continue", "accept", "reject", "tempfail", "discard", "quarantine", "disconnect"];
+
+fn verdict_index(v: &wit::Verdict) -> usize {
+    match v {
+        wit::Verdict::Continue => 0,
+        wit::Verdict::Accept => 1,
+        wit::Verdict::Reject(_) => 2,
+        wit::Verdict::Tempfail(_) => 3,
+        wit::Verdict::Discard => 4,
+        wit::Verdict::Quarantine(_) => 5,
+        wit::Verdict::Disconnect(_) => 6,
+    }
 }
 
 /// The plugins and pipelines of one configuration.
@@ -146,7 +163,12 @@ pub fn build(config: &Config, plugins: LoadedPlugins, runtime: Arc<Runtime>, ser
                     .ok_or_else(|| anyhow::anyhow!("pipelines.{name}: plugin {plugin} is not loaded"))?
                     .clone();
                 let cfg = cfg.or_else(|| loaded.default_config.clone()).unwrap_or(serde_json::Value::Null);
+                let labels = |v: &'static str| {
+                    metrics::counter!("weir_plugin_verdicts_total", "plugin" => plugin.clone(), "stage" => stage.as_str(), "verdict" => v)
+                };
                 steps.push(Arc::new(PreparedStep {
+                    latency: metrics::histogram!("weir_plugin_call_seconds", "plugin" => plugin.clone(), "stage" => stage.as_str()),
+                    verdicts: VERDICTS.map(labels),
                     plugin: loaded,
                     config_json: serde_json::to_string(&cfg)?,
                     when,
@@ -373,8 +395,7 @@ impl SessionPolicy {
             let started = Instant::now();
             let r = self.call(&step, ctx, body.clone()).await;
             let elapsed = started.elapsed();
-            metrics::histogram!("weir_plugin_call_seconds", "plugin" => name.clone(), "stage" => stage.as_str())
-                .record(elapsed.as_secs_f64());
+            step.latency.record(elapsed.as_secs_f64());
             let mut record = DecisionRecord {
                 plugin: name.clone(),
                 stage,
@@ -386,8 +407,7 @@ impl SessionPolicy {
             match r {
                 Ok(d) => {
                     let v = verdict_name(&d.verdict);
-                    metrics::counter!("weir_plugin_verdicts_total", "plugin" => name.clone(), "stage" => stage.as_str(), "verdict" => v)
-                        .increment(1);
+                    step.verdicts[verdict_index(&d.verdict)].increment(1);
                     record.verdict = v.to_string();
                     record.reason = d.reason.clone();
                     out.trail.push(record);

@@ -104,7 +104,6 @@ impl Queue {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_BODY, body_opts),
             ColumnFamilyDescriptor::new(CF_DUE, Options::default()),
-            ColumnFamilyDescriptor::new(crate::plugin::kv::CF_KV, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
             let s = e.to_string();
@@ -144,10 +143,6 @@ impl Queue {
         &self.path
     }
 
-    /// The plugins' key-value store, in the same database.
-    pub fn kv(&self) -> crate::plugin::kv::Kv {
-        crate::plugin::kv::Kv::new(self.db.clone())
-    }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db

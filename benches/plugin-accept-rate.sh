@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The accept-rate benchmark with a 5-plugin pipeline: Weir without plugins,
+# Weir with conn-guard (connect, helo), sender-guard (mail_from), rcpt-guard
+# (rcpt_to), stamp (data: reads the body, counts in kv, adds a header) and
+# router (route) on every message, and Postfix, in the same run under the
+# same smtp-source load. Goal: with plugins >= 0.8x without, >= 2x Postfix.
+#
+#   make plugins && benches/plugin-accept-rate.sh     (or: make bench)
+# Environment: MESSAGES (default 4000), SIZES, SESSIONS, WEIR;
+# PIPELINE=noop runs five plugins that only say continue at every stage
+# (the runtime's own cost, without the test plugins' work).
+source "$(dirname "$0")/lib.sh"
+MESSAGES=${MESSAGES:-4000}
+SIZES=${SIZES:-"1024 10240"}
+SESSIONS=${SESSIONS:-"20 100"}
+PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
+
+PLAIN=$(free_port); PIPE=$(free_port); PF_PORT=$(free_port)
+if [ "${PIPELINE:-}" = noop ]; then
+  DECLS="  conn: {path: $PLUGINS/test_noop.wasm}
+  sender: {path: $PLUGINS/test_noop.wasm}
+  rcpt: {path: $PLUGINS/test_noop.wasm}
+  stamp: {path: $PLUGINS/test_noop.wasm}
+  router: {path: $PLUGINS/test_noop.wasm}"
+else
+  DECLS="  conn: {path: $PLUGINS/test_conn_guard.wasm, grants: [config, tags], config: {deny_helos: [bad.example]}}
+  sender: {path: $PLUGINS/test_sender_guard.wasm, grants: [config, log], config: {blocked_senders: [spam@example.net]}}
+  rcpt: {path: $PLUGINS/test_rcpt_guard.wasm, grants: [symbols, route]}
+  stamp: {path: $PLUGINS/test_stamp.wasm, grants: [body, kv, headers, tags]}
+  router: {path: $PLUGINS/test_router.wasm}"
+fi
+start_weir "$PLAIN" "delivery:
+  enabled: false
+plugins:
+$DECLS
+pipelines:
+  five:
+    connect: [{plugin: conn}]
+    helo: [{plugin: conn}]
+    mail_from: [{plugin: sender}]
+    rcpt_to: [{plugin: rcpt}]
+    data: [{plugin: stamp}]
+    route: [{plugin: router}]" "  piped:
+    bind: 127.0.0.1:$PIPE
+    tls: none
+    auth: none
+    pipeline: five
+    limits:
+      max_connections_per_ip: 1000"
+wait_port "$PIPE"
+start_postfix "$PF_PORT"
+
+run() {
+  local port=$1 size=$2 sessions=$3 start end
+  start=$(date +%s.%N)
+  smtp-source -d -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
+    -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
+  end=$(date +%s.%N)
+  python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
+}
+
+echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), smtp-source -d, $MESSAGES messages per cell; $(versions)"
+echo
+printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-12s | %-14s |\n' size sessions "weir msg/s" "weir+5 msg/s" "postfix msg/s" "+5 / plain" "+5 / postfix"
+printf '|--------|----------|------------|--------------|---------------|--------------|----------------|\n'
+for size in $SIZES; do
+  for sessions in $SESSIONS; do
+    for p in "$PLAIN" "$PIPE" "$PF_PORT"; do MESSAGES=200 run "$p" "$size" "$sessions" >/dev/null; done
+    w=$(run "$PLAIN" "$size" "$sessions")
+    wp=$(run "$PIPE" "$size" "$sessions")
+    p=$(run "$PF_PORT" "$size" "$sessions")
+    printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-12s | %-14s |\n' "$((size / 1024)) KB" "$sessions" "$w" "$wp" "$p" \
+      "$(python3 -c "print(f'{$wp / $w:.2f}x')")" "$(python3 -c "print(f'{$wp / $p:.2f}x')")"
+  done
+done
+stamped=$("$WEIR" queue list --json --config "$TMP/weir.yaml" | python3 -c '
+import json, sys
+q = json.load(sys.stdin)
+print(sum(1 for m in q if any(d["plugin"] == "router" for d in m.get("decisions", []))))')
+echo
+echo "check: $stamped messages went through all five plugins"
