@@ -398,12 +398,12 @@ impl SmtpClient {
         let mut code = 0u16;
         loop {
             let line = self.read_line(timeout).await?;
-            if line.len() < 3 {
-                return Err(ClientError::Io(format!("malformed reply line {line:?}")));
-            }
-            let c: u16 = line[..3]
-                .parse()
-                .map_err(|_| ClientError::Io(format!("malformed reply line {line:?}")))?;
+            // Byte-wise: a hostile server's non-UTF-8 must not split a character.
+            let c: u16 = line
+                .get(..3)
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| ClientError::Io(format!("malformed reply line {line:?}")))?;
             code = if code == 0 { c } else { code };
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line.get(4..).unwrap_or("").to_string());

@@ -28,6 +28,19 @@ use crate::queue::Queue;
 use dsn::{Action, ReportEntry};
 use transport::{Outcome, Transports};
 
+/// A message being delivered: removed from the in-flight set on drop.
+struct InFlight {
+    delivery: Arc<Delivery>,
+    id: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.delivery.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
 pub struct Delivery {
     queue: Arc<Queue>,
     cfg: DeliveryConfig,
@@ -95,13 +108,13 @@ impl Delivery {
             self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
             let me = self.clone();
             tracker.spawn(async move {
+                // Released however the job ends, a panic included.
+                let _slot = InFlight { delivery: me.clone(), id: id.clone(), _permit: permit };
                 if let Err(e) = me.deliver_message(&id).await {
                     tracing::error!(id = %id, error = %format!("{e:#}"), "delivery attempt could not be recorded");
                     // Leave it in the queue; look again a little later.
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
-                me.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                drop(permit);
             });
         }
         sweeper.abort();
