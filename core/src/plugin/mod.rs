@@ -86,7 +86,7 @@ pub struct PluginState {
     memory_exceeded: bool,
     pub(crate) refused: Option<&'static str>,
     call_started: Instant,
-    /// Epoch ticks (milliseconds) of guest execution in the current call:
+    /// Epoch ticks (EPOCH_TICK each) of guest execution in the current call:
     /// the time budget counts running time, not time spent waiting for a
     /// busy executor or for a host call.
     ticks_used: u64,
@@ -203,6 +203,9 @@ pub struct Runtime {
     max_memory: usize,
 }
 
+/// Resolution of plugin time budgets.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 /// The largest memory cap any plugin may ask for.
 pub const MAX_PLUGIN_MEMORY_MB: u32 = 256;
 
@@ -227,12 +230,13 @@ impl Runtime {
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("linking host capabilities: {e}"))?;
-        // The epoch ticker: deadlines are counted in milliseconds.
+        // The epoch ticker: time budgets are counted in ticks of EPOCH_TICK.
+        // (A 1 ms tick cost a thousand wake-ups a second on a busy machine.)
         let ticker = engine.clone();
         std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(EPOCH_TICK);
                 ticker.increment_epoch();
             })
             .context("starting the epoch ticker")?;
@@ -474,7 +478,7 @@ fn arm_deadline(store: &mut Store<PluginState>) {
     store.epoch_deadline_callback(|mut ctx| {
         let s = ctx.data_mut();
         s.ticks_used += 1;
-        if Duration::from_millis(s.ticks_used) > s.budget {
+        if EPOCH_TICK * (s.ticks_used as u32) > s.budget {
             s.timed_out = true;
             return Err(wasmtime::Error::msg(format!("time budget of {:?} exceeded", s.budget)));
         }
