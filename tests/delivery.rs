@@ -565,3 +565,25 @@ fn expired_messages_bounce_and_implicit_tls_smarthosts_work() {
     assert!(st["Diagnostic-Code"].as_str().unwrap().contains("expired"), "{st}");
     let _ = id;
 }
+
+#[test]
+fn reverse_dns_is_looked_up_at_connect_when_asked() {
+    // On loopback the name comes from the hosts file or the resolver's own
+    // answer for 127.0.0.0/8 (RFC 6761) — whichever it is, it is shown; a
+    // listener without reverse_dns shows only the address (every other
+    // test's Received: header).
+    let cfg = config(free_port(), free_port(), "")
+        .replace("    auth: none\n", "    auth: none\n    reverse_dns: true\n")
+        .replace("delivery:\n", "delivery:\n  enabled: false\n");
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    let id = queued_id(&c.send_mail("a@sender.test", &["u@local.test"], "Subject: rdns\r\n\r\nx"));
+    let raw = String::from_utf8(s.queue_raw(&id)).unwrap();
+    let inside = raw
+        .strip_prefix("Received: from client.test (")
+        .and_then(|r| r.split_once(" [127.0.0.1])"))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_default();
+    assert!(!inside.is_empty() && !inside.contains(' ') && !inside.contains('['), "{raw}");
+}

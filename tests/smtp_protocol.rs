@@ -387,17 +387,6 @@ fn auth_plain_and_login_with_required_tls() {
 fn connection_limits_per_ip() {
     let cfg = BASIC.replace("    auth: offer\n", "    auth: offer\n    limits:\n      max_connections_per_ip: 2\n");
     let s = Server::start(&cfg);
-    let a = Smtp::connect(s.port("mx"));
-    let b = Smtp::connect(s.port("mx"));
-    let mut third = std::net::TcpStream::connect(("127.0.0.1", s.port("mx"))).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = String::new();
-    use std::io::Read;
-    third.read_to_string(&mut buf).unwrap();
-    assert!(buf.starts_with("421 4.7.0"), "{buf:?}");
-    drop(a);
-    drop(b);
-    // Slots are released when sessions end: two connections get greeted again.
     let greeting = |port: u16| {
         let mut t = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -405,6 +394,21 @@ fn connection_limits_per_ip() {
         t.read_exact(&mut buf).ok();
         (t, buf)
     };
+    use std::io::Read;
+    // Two connections greeted (the start-up probe may still hold a slot for a moment).
+    let (a, b) = wait_for(10, "two greeted connections", || {
+        let (a, ga) = greeting(s.port("mx"));
+        let (b, gb) = greeting(s.port("mx"));
+        (&ga == b"220" && &gb == b"220").then_some((a, b))
+    });
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", s.port("mx"))).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = String::new();
+    third.read_to_string(&mut buf).unwrap();
+    assert!(buf.starts_with("421 4.7.0"), "{buf:?}");
+    drop(a);
+    drop(b);
+    // Slots are released when sessions end: two connections get greeted again.
     wait_for(10, "connection slots to be released", || {
         let (_c, g1) = greeting(s.port("mx"));
         let (_d, g2) = greeting(s.port("mx"));

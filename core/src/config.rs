@@ -152,6 +152,10 @@ pub struct ListenerConfig {
     /// The policy pipeline run for sessions on this listener.
     #[serde(default)]
     pub pipeline: Option<String>,
+    /// Look up the client's reverse DNS name at connect (for plugins and
+    /// the Received: header); off by default.
+    #[serde(default)]
+    pub reverse_dns: bool,
 }
 
 fn default_tls_mode() -> TlsMode {

@@ -80,6 +80,10 @@ impl Dns {
             )
         };
         let opts = builder.options_mut();
+        if !cfg.servers.is_empty() {
+            // Configured servers are the only source: no hosts file.
+            opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        }
         opts.timeout = cfg.timeout.unwrap_or(Duration::from_secs(5));
         opts.attempts = 2;
         opts.cache_size = 4096;

@@ -203,6 +203,7 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
             priority: l.priority.unwrap_or(config.delivery.default_priority),
             queued: queued.clone(),
             policy: reloader.policy.clone(),
+            dns: dns.clone(),
         });
         tracing::info!(listener = %name, bind = %actual, tls = ?l.tls, auth = ?l.auth, "listening");
         bound.push((listener, ctx));

@@ -62,4 +62,5 @@ pub struct ListenerCtx {
     pub queued: Arc<tokio::sync::Notify>,
     /// The live policy; a session keeps the one it started with.
     pub policy: Arc<crate::policy::PolicyHandle>,
+    pub dns: Arc<crate::dns::Dns>,
 }

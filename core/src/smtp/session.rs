@@ -71,6 +71,8 @@ pub struct Session {
     errors: u32,
     shutdown: CancellationToken,
     policy: SessionPolicy,
+    /// The client's reverse DNS name, when the listener looks it up.
+    rdns: Option<String>,
     /// A policy verdict said disconnect after the current reply.
     shutdown_after_reply: bool,
     tags: Vec<(String, String)>,
@@ -94,6 +96,7 @@ impl Session {
             shutdown,
             policy: SessionPolicy::new(ctx.policy.get(), ctx.cfg.pipeline.clone()),
             shutdown_after_reply: false,
+            rdns: None,
             tags: Vec::new(),
             symbols: Vec::new(),
             trail: Vec::new(),
@@ -114,6 +117,13 @@ impl Session {
                     metrics::counter!("weir_tls_handshake_failures_total", "listener" => self.ctx.name.clone()).increment(1);
                     return;
                 }
+            }
+        }
+        if self.ctx.cfg.reverse_dns {
+            let dns = self.ctx.dns.clone();
+            let ip = self.peer.ip().to_string();
+            if let Ok(Ok(names)) = tokio::time::timeout(std::time::Duration::from_secs(3), dns.ptr(&ip)).await {
+                self.rdns = names.into_iter().next().filter(|n| !n.is_empty());
             }
         }
         if self.policy.is_active(StageName::Connect) {
@@ -203,7 +213,7 @@ impl Session {
                 listener: self.ctx.name.clone(),
                 tls_version: self.tls.as_ref().map(|t| t.version.clone()),
                 tls_cipher: self.tls.as_ref().map(|t| t.cipher.clone()),
-                reverse_dns: None,
+                reverse_dns: self.rdns.clone(),
                 helo: self.helo.clone(),
                 auth_user: self.auth_user.clone(),
             },
@@ -848,7 +858,11 @@ impl Session {
             IpAddr::V4(v4) => format!("[{v4}]"),
             IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
         };
-        let mut h = format!("Received: from {helo} ({ip})\r\n\tby {} (Weir) with {proto} id {id}", self.ctx.hostname);
+        let from = match &self.rdns {
+            Some(name) => format!("{} {ip}", sanitize(name)),
+            None => ip,
+        };
+        let mut h = format!("Received: from {helo} ({from})\r\n\tby {} (Weir) with {proto} id {id}", self.ctx.hostname);
         if let Some(t) = &self.tls {
             h.push_str(&format!("\r\n\t(using {} with cipher {})", t.version, t.cipher));
         }
