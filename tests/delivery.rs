@@ -486,7 +486,7 @@ fn transactional_mail_overtakes_a_bulk_backlog() {
 #[test]
 fn relay_to_a_smarthost_with_required_tls_auth_and_chunking() {
     // The smarthost is another Weir: STARTTLS, AUTH, CHUNKING, DSN.
-    let hash = String::from_utf8(run_ok(Command::new("sh").arg("-c").arg(format!("printf 's3cret\\n' | {WEIR} passwd"))).stdout).unwrap();
+    let hash = password_hash("s3cret");
     let downstream = Server::start(&format!(
         "server:\n  hostname: smarthost.test\nlisteners:\n  sub:\n    bind: 127.0.0.1:{{port:sub}}\n    tls: starttls\n    require_tls: true\n    auth: require\nauth:\n  users:\n    relayuser: \"{}\"\nmetrics:\n  bind: 127.0.0.1:{{metrics}}\ndelivery:\n  enabled: false\n",
         hash.trim()

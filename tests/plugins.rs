@@ -173,7 +173,7 @@ fn the_circuit_breaker_switches_a_faulty_plugin_off() {
 
 #[test]
 fn five_plugin_pipeline_across_every_stage_with_smtplib() {
-    let hash = String::from_utf8(run_ok(Command::new("sh").arg("-c").arg(format!("printf 'pw\\n' | {WEIR} passwd"))).stdout).unwrap();
+    let hash = password_hash("pw");
     let cfg = format!(
         r#"
 server:

@@ -9,12 +9,7 @@ use std::process::Command;
 use common::*;
 
 fn auth_server() -> Server {
-    let out = run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf 's3cret\\n' | {WEIR} passwd")),
-    );
-    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = password_hash("s3cret");
     let cfg = format!(
         r#"
 server:

@@ -300,10 +300,7 @@ fn starttls_discards_pipelined_commands() {
 }
 
 fn auth_config() -> String {
-    let hash = String::from_utf8(
-        run_ok(std::process::Command::new(WEIR).arg("passwd").stdin_from("s3cret\n")).stdout,
-    )
-    .unwrap();
+    let hash = password_hash("s3cret");
     format!(
         r#"
 server:
@@ -329,18 +326,6 @@ delivery:
 "#,
         hash.trim()
     )
-}
-
-trait StdinFrom {
-    fn stdin_from(&mut self, input: &str) -> &mut Self;
-}
-
-impl StdinFrom for std::process::Command {
-    fn stdin_from(&mut self, input: &str) -> &mut Self {
-        let path = std::env::temp_dir().join(format!("weir-stdin-{}-{}", std::process::id(), input.len()));
-        std::fs::write(&path, input).unwrap();
-        self.stdin(std::fs::File::open(&path).unwrap())
-    }
 }
 
 #[test]

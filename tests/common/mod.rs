@@ -567,3 +567,9 @@ pub fn plugin(name: &str) -> String {
     assert!(p.exists(), "{} is missing: run `make plugins`", p.display());
     p.display().to_string()
 }
+
+/// An argon2 hash of `password`, as `weir passwd` prints it.
+pub fn password_hash(password: &str) -> String {
+    let out = run_ok(Command::new("sh").arg("-c").arg(format!("printf '%s\\n' '{password}' | {WEIR} passwd")));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
