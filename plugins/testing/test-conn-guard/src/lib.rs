@@ -10,24 +10,29 @@ struct Config {
     deny_helos: Vec<String>,
 }
 
+/// The config is read once per session (instance), not per call.
 #[derive(Default)]
-pub struct ConnGuard;
+pub struct ConnGuard {
+    config: Option<Config>,
+}
 
-fn config() -> Config {
-    host::config().unwrap_or_default()
+impl ConnGuard {
+    fn config(&mut self) -> &Config {
+        self.config.get_or_insert_with(|| host::config().unwrap_or_default())
+    }
 }
 
 impl Plugin for ConnGuard {
     const STAGES: &'static [Stage] = &[Stage::Connect, Stage::Helo];
     fn connect(&mut self, ctx: &Context) -> Decision {
-        if config().deny_ips.contains(&ctx.connection.remote_ip) {
+        if self.config().deny_ips.contains(&ctx.connection.remote_ip) {
             return Decision::reject(554, "5.7.1", "Your address is not welcome here");
         }
         Decision::next().with(Change::SetTag("client".into(), ctx.connection.remote_ip.clone()))
     }
     fn helo(&mut self, ctx: &Context) -> Decision {
         let helo = ctx.connection.helo.clone().unwrap_or_default();
-        if config().deny_helos.iter().any(|h| h.eq_ignore_ascii_case(&helo)) {
+        if self.config().deny_helos.iter().any(|h| h.eq_ignore_ascii_case(&helo)) {
             return Decision::reject(550, "5.7.1", "That HELO name is refused");
         }
         Decision::next()

@@ -10,24 +10,31 @@ struct Config {
     blocked_senders: Vec<String>,
 }
 
+/// The config is read once per session (instance), not per call.
 #[derive(Default)]
-pub struct SenderGuard;
+pub struct SenderGuard {
+    config: Option<Config>,
+}
+
+impl SenderGuard {
+    fn config(&mut self) -> &Config {
+        self.config.get_or_insert_with(|| host::config().unwrap_or_default())
+    }
+}
 
 impl Plugin for SenderGuard {
     const STAGES: &'static [Stage] = &[Stage::Auth, Stage::MailFrom];
     fn auth(&mut self, ctx: &Context) -> Decision {
-        let c: Config = host::config().unwrap_or_default();
         let user = ctx.connection.auth_user.clone().unwrap_or_default();
-        if c.blocked_users.contains(&user) {
+        if self.config().blocked_users.contains(&user) {
             host::log(host::Level::Warn, &format!("blocked user {user} authenticated"));
             return Decision::reject(535, "5.7.8", "This account is suspended");
         }
         Decision::next()
     }
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let c: Config = host::config().unwrap_or_default();
         let sender = ctx.envelope.sender.clone().unwrap_or_default();
-        if c.blocked_senders.iter().any(|s| s.eq_ignore_ascii_case(&sender)) {
+        if self.config().blocked_senders.iter().any(|s| s.eq_ignore_ascii_case(&sender)) {
             return Decision::reject(553, "5.7.1", "You may not send as that address");
         }
         Decision::next()
