@@ -220,7 +220,13 @@ impl Runtime {
             .total_core_instances(n * 4)
             .total_memories(n * 2)
             .total_tables(n * 4)
-            .max_memory_size(max_memory);
+            .max_memory_size(max_memory)
+            // Reset a freed slot's first pages by memset rather than handing
+            // them back to the kernel, so the next session's instance does
+            // not page-fault its way through them again.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // Reserve only what a plugin may use; bounds checks do the rest.
         config.memory_reservation(max_memory as u64);
