@@ -25,16 +25,6 @@ start_weir "$WEIR_PORT" "delivery:
   enabled: false"
 start_postfix "$PF_PORT"
 
-# run PORT SIZE SESSIONS -> prints messages/second
-run() {
-  local port=$1 size=$2 sessions=$3 start end
-  start=$(date +%s.%N)
-  smtp-source -d -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
-    -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
-  end=$(date +%s.%N)
-  python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
-}
-
 echo "Accept rate, smtp-source -d, $MESSAGES messages per cell; $(versions)"
 echo
 printf '| %-7s | %-8s | %-10s | %-13s | %-6s | %-15s |\n' size sessions "weir msg/s" "postfix msg/s" ratio "weir CPU/msg"

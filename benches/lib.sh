@@ -106,6 +106,16 @@ CF
   wait_port "$port"
 }
 
+# run PORT (smtp-source -d, $MESSAGES messages to postmaster@localhost) SIZE SESSIONS -> prints messages/second
+run() {
+  local port=$1 size=$2 sessions=$3 start end
+  start=$(date +%s.%N)
+  smtp-source -d -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
+    -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
+  end=$(date +%s.%N)
+  python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
+}
+
 versions() {
   echo "weir: $("$WEIR" --version), postfix: $(postconf -d -h mail_version), $(nproc) cores, queues on $(df --output=source "$TMP" | tail -1)"
 }

@@ -50,15 +50,6 @@ pipelines:
 wait_port "$PIPE"
 start_postfix "$PF_PORT"
 
-run() {
-  local port=$1 size=$2 sessions=$3 start end
-  start=$(date +%s.%N)
-  smtp-source -d -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
-    -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
-  end=$(date +%s.%N)
-  python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
-}
-
 # measure PORT SIZE SESSIONS -> "msg/s cpu_us_per_msg" for Weir
 measure() {
   local c0 c1 r
