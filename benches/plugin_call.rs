@@ -53,11 +53,12 @@ fn bench(c: &mut Criterion) {
     assert!(path.exists(), "{} missing: run `make plugins`", path.display());
     let (runtime, services, plugin) = rt.block_on(async {
         let runtime = Runtime::new(&RuntimeConfig::default(), None).unwrap();
-        let services = Arc::new(HostServices {
-            dns: Arc::new(weir::dns::Dns::new(&Default::default()).unwrap()),
-            kv: None,
-            dns_budget: Duration::from_secs(1),
-        });
+        let services = HostServices::with(
+            Arc::new(weir::dns::Dns::new(&Default::default()).unwrap()),
+            None,
+            Duration::from_secs(1),
+            "bench.invalid".into(),
+        );
         let decl = PluginDecl {
             path: PluginPath(path.display().to_string()),
             sha256: None,

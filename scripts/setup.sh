@@ -3,14 +3,16 @@
 #  - Debian packages: clang + libclang (RocksDB is built from source and its
 #    bindings need libclang), Postfix (smtp-source/smtp-sink for tests and
 #    the benchmark), swaks, python3 (smtplib), python3-aiosmtpd (an LMTP
-#    server for delivery tests, run with /usr/bin/python3), dnsmasq-base
+#    server for delivery tests, run with /usr/bin/python3), python3-dkim and
+#    python3-nacl (an independent DKIM verifier, RSA and Ed25519), openssl
+#    (test signing keys), dnsmasq-base
 #    (a DNS server on loopback serving test MX records).
 #  - the wasm32-wasip2 Rust target (plugins are built for it).
 # Safe to run again: it only calls apt-get when a package is missing.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev postfix swaks python3 python3-aiosmtpd dnsmasq-base; do
+for pkg in clang libclang-dev postfix swaks python3 python3-aiosmtpd python3-dkim python3-nacl openssl dnsmasq-base; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     need+=("$pkg")
   fi

@@ -329,11 +329,7 @@ fn check_with_plugins(file: &std::path::Path, overrides: &[String]) -> Result<Co
     };
     rt.block_on(async {
         let runtime = crate::plugin::Runtime::new(&c.plugin_runtime, None)?;
-        let services = std::sync::Arc::new(crate::plugin::HostServices {
-            dns: std::sync::Arc::new(crate::dns::Dns::new(&c.dns)?),
-            kv: None,
-            dns_budget: c.plugin_runtime.dns_budget,
-        });
+        let services = crate::plugin::HostServices::new(&c, std::sync::Arc::new(crate::dns::Dns::new(&c.dns)?), None);
         match crate::policy::prepare(&c, &origin, Some(&runtime), &services).await {
             Ok(_) => Ok(()),
             Err(crate::policy::PolicyError::Config(e)) => Err(Failure::from(e)),

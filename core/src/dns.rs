@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
 use crate::config::DnsConfig;
@@ -35,6 +35,11 @@ impl std::fmt::Display for DnsError {
     }
 }
 
+/// A name's labels as text, without presentation-format escapes.
+fn name_text(n: &Name) -> String {
+    n.iter().map(String::from_utf8_lossy).collect::<Vec<_>>().join(".")
+}
+
 pub struct Dns {
     resolver: TokioResolver,
 }
@@ -49,12 +54,20 @@ fn classify(e: hickory_resolver::net::NetError) -> DnsError {
     }
 }
 
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_string()
-    } else {
-        format!("{name}.")
+/// A query name. Names that are not host names (SPF macros can produce
+/// labels with spaces or '%') are sent as the octets they are.
+fn fqdn(name: &str) -> Result<Name, DnsError> {
+    let name = name.trim_end_matches('.');
+    if let Ok(mut n) = Name::from_utf8(name) {
+        n.set_fqdn(true);
+        return Ok(n);
     }
+    Name::from_labels(name.split('.').map(str::as_bytes))
+        .map(|mut n| {
+            n.set_fqdn(true);
+            n
+        })
+        .map_err(|_| DnsError::NoSuchDomain)
 }
 
 impl Dns {
@@ -91,16 +104,21 @@ impl Dns {
         Ok(Dns { resolver })
     }
 
+    /// The resolver itself, for mail-auth.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// MX records as (preference, exchange without the trailing dot), lowest first.
     pub async fn mx(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsError> {
-        let lookup = self.resolver.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+        let lookup = self.resolver.mx_lookup(fqdn(domain)?).await.map_err(classify)?;
         let mut out: Vec<(u16, String)> = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
                 RData::MX(mx) => Some((
                     mx.preference,
-                    mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                    name_text(&mx.exchange).to_ascii_lowercase(),
                 )),
                 _ => None,
             })
@@ -113,18 +131,18 @@ impl Dns {
     }
 
     pub async fn a(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let l = self.resolver.ipv4_lookup(fqdn(name)).await.map_err(classify)?;
+        let l = self.resolver.ipv4_lookup(fqdn(name)?).await.map_err(classify)?;
         Ok(l.answers().iter().filter_map(|r| match &r.data { RData::A(a) => Some(a.0.to_string()), _ => None }).collect())
     }
 
     pub async fn aaaa(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let l = self.resolver.ipv6_lookup(fqdn(name)).await.map_err(classify)?;
+        let l = self.resolver.ipv6_lookup(fqdn(name)?).await.map_err(classify)?;
         Ok(l.answers().iter().filter_map(|r| match &r.data { RData::AAAA(a) => Some(a.0.to_string()), _ => None }).collect())
     }
 
     /// TXT records, each one's strings joined.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let l = self.resolver.txt_lookup(fqdn(name)).await.map_err(classify)?;
+        let l = self.resolver.txt_lookup(fqdn(name)?).await.map_err(classify)?;
         Ok(l.answers()
             .iter()
             .filter_map(|r| match &r.data {
@@ -140,7 +158,7 @@ impl Dns {
         Ok(l.answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+                RData::PTR(p) => Some(name_text(&p.0)),
                 _ => None,
             })
             .collect())
@@ -151,7 +169,7 @@ impl Dns {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let lookup = self.resolver.lookup_ip(fqdn(host)).await.map_err(classify)?;
+        let lookup = self.resolver.lookup_ip(fqdn(host)?).await.map_err(classify)?;
         let ips: Vec<IpAddr> = lookup.iter().collect();
         if ips.is_empty() {
             Err(DnsError::NoRecords)

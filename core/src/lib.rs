@@ -14,4 +14,5 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod spf;
 pub mod tls;

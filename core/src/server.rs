@@ -156,11 +156,7 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
     let users = Arc::new(Users::from_config(&config.auth));
     let relay = Arc::new(RelayRules::from_config(&config.relay));
     let default_host = config.hostname();
-    let services = Arc::new(crate::plugin::HostServices {
-        dns: dns.clone(),
-        kv: Some(crate::plugin::kv::Kv::open(&data_dir.join("kv"))?),
-        dns_budget: config.plugin_runtime.dns_budget,
-    });
+    let services = crate::plugin::HostServices::new(&config, dns.clone(), Some(crate::plugin::kv::Kv::open(&data_dir.join("kv"))?));
     let reloader = Arc::new(Reloader {
         origin,
         data_dir: data_dir.clone(),

@@ -61,6 +61,88 @@ mod imp {
     pub fn body_read(offset: u64, len: u32) -> Vec<u8> {
         w::body::read(offset, len)
     }
+
+    use super::mail_auth as m;
+    use w::mail_auth as wa;
+
+    fn word(r: wa::AuthResult) -> m::AuthResult {
+        match r {
+            wa::AuthResult::None => m::AuthResult::None,
+            wa::AuthResult::Pass => m::AuthResult::Pass,
+            wa::AuthResult::Fail => m::AuthResult::Fail,
+            wa::AuthResult::SoftFail => m::AuthResult::SoftFail,
+            wa::AuthResult::Neutral => m::AuthResult::Neutral,
+            wa::AuthResult::TempError => m::AuthResult::TempError,
+            wa::AuthResult::PermError => m::AuthResult::PermError,
+        }
+    }
+    fn to_word(r: m::AuthResult) -> wa::AuthResult {
+        match r {
+            m::AuthResult::None => wa::AuthResult::None,
+            m::AuthResult::Pass => wa::AuthResult::Pass,
+            m::AuthResult::Fail => wa::AuthResult::Fail,
+            m::AuthResult::SoftFail => wa::AuthResult::SoftFail,
+            m::AuthResult::Neutral => wa::AuthResult::Neutral,
+            m::AuthResult::TempError => wa::AuthResult::TempError,
+            m::AuthResult::PermError => wa::AuthResult::PermError,
+        }
+    }
+    fn canon(c: m::Canonicalization) -> wa::Canonicalization {
+        match c {
+            m::Canonicalization::Simple => wa::Canonicalization::Simple,
+            m::Canonicalization::Relaxed => wa::Canonicalization::Relaxed,
+        }
+    }
+    pub fn spf(ip: &str, helo: &str, mail_from: &str) -> Result<m::SpfOutput, String> {
+        wa::spf(ip, helo, mail_from)
+            .map(|o| m::SpfOutput { result: word(o.result), domain: o.domain, explanation: o.explanation })
+    }
+    pub fn verify_message(c: &m::MessageChecks) -> Result<m::MessageAuth, String> {
+        let checks = wa::MessageChecks {
+            remote_ip: c.remote_ip.clone(),
+            helo: c.helo.clone(),
+            mail_from: c.mail_from.clone(),
+            spf: c.spf.as_ref().map(|s| wa::SpfOutput {
+                result: to_word(s.result),
+                domain: s.domain.clone(),
+                explanation: s.explanation.clone(),
+            }),
+            authserv_id: c.authserv_id.clone(),
+        };
+        wa::verify_message(&checks).map(|o| m::MessageAuth {
+            dkim: o
+                .dkim
+                .into_iter()
+                .map(|d| m::DkimOutput { result: word(d.result), domain: d.domain, selector: d.selector, detail: d.detail })
+                .collect(),
+            arc: word(o.arc),
+            dmarc: m::DmarcOutput {
+                result: word(o.dmarc.result),
+                domain: o.dmarc.domain,
+                policy: match o.dmarc.policy {
+                    wa::DmarcPolicy::None => m::DmarcPolicy::None,
+                    wa::DmarcPolicy::Quarantine => m::DmarcPolicy::Quarantine,
+                    wa::DmarcPolicy::Reject => m::DmarcPolicy::Reject,
+                    wa::DmarcPolicy::Unspecified => m::DmarcPolicy::Unspecified,
+                },
+                spf_aligned: o.dmarc.spf_aligned,
+                dkim_aligned: o.dmarc.dkim_aligned,
+                testing: o.dmarc.testing,
+            },
+            authentication_results: o.authentication_results,
+        })
+    }
+    pub fn dkim_sign(r: &m::SignRequest) -> Result<String, String> {
+        wa::dkim_sign(&wa::SignRequest {
+            domain: r.domain.clone(),
+            selector: r.selector.clone(),
+            private_key: r.private_key.clone(),
+            headers: r.headers.clone(),
+            header_canonicalization: canon(r.header_canonicalization),
+            body_canonicalization: canon(r.body_canonicalization),
+            expire_seconds: r.expire_seconds,
+        })
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -125,6 +207,26 @@ mod imp {
             let start = (offset as usize).min(h.body.len());
             let end = start.saturating_add(len as usize).min(h.body.len());
             h.body[start..end].to_vec()
+        })
+    }
+
+    use super::mail_auth as m;
+    pub fn spf(_ip: &str, _helo: &str, mail_from: &str) -> Result<m::SpfOutput, String> {
+        with_host(|h| {
+            let domain = mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            h.spf.get(&domain).cloned().unwrap_or_else(|| Ok(m::SpfOutput { domain, ..Default::default() }))
+        })
+    }
+    pub fn verify_message(c: &m::MessageChecks) -> Result<m::MessageAuth, String> {
+        with_host(|h| {
+            h.verified.push(c.clone());
+            h.message_auth.clone().unwrap_or_else(|| Ok(m::MessageAuth::default()))
+        })
+    }
+    pub fn dkim_sign(r: &m::SignRequest) -> Result<String, String> {
+        with_host(|h| {
+            h.sign_requests.push(r.clone());
+            h.dkim_sign.clone().unwrap_or_else(|| Ok(format!("v=1; d={}; s={}; b=test", r.domain, r.selector)))
         })
     }
 }
@@ -203,5 +305,126 @@ pub mod body {
             }
             out.extend_from_slice(&chunk);
         }
+    }
+}
+
+/// Sender authentication by the host (grant: `mail-auth`): SPF, DKIM
+/// verification and signing, ARC and DMARC. In native tests the answers
+/// come from [`crate::testing::HostState`]'s `spf`, `message_auth` and
+/// `dkim_sign` fields, and signing requests are recorded.
+pub mod mail_auth {
+    /// RFC 8601 result words.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum AuthResult {
+        #[default]
+        None,
+        Pass,
+        Fail,
+        SoftFail,
+        Neutral,
+        TempError,
+        PermError,
+    }
+
+    impl AuthResult {
+        /// The word in an Authentication-Results header.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                AuthResult::None => "none",
+                AuthResult::Pass => "pass",
+                AuthResult::Fail => "fail",
+                AuthResult::SoftFail => "softfail",
+                AuthResult::Neutral => "neutral",
+                AuthResult::TempError => "temperror",
+                AuthResult::PermError => "permerror",
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct SpfOutput {
+        pub result: AuthResult,
+        pub domain: String,
+        pub explanation: Option<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct DkimOutput {
+        pub result: AuthResult,
+        pub domain: String,
+        pub selector: String,
+        pub detail: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum DmarcPolicy {
+        None,
+        Quarantine,
+        Reject,
+        #[default]
+        Unspecified,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct DmarcOutput {
+        pub result: AuthResult,
+        pub domain: String,
+        pub policy: DmarcPolicy,
+        pub spf_aligned: bool,
+        pub dkim_aligned: bool,
+        pub testing: bool,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct MessageChecks {
+        pub remote_ip: String,
+        pub helo: String,
+        pub mail_from: String,
+        pub spf: Option<SpfOutput>,
+        pub authserv_id: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct MessageAuth {
+        pub dkim: Vec<DkimOutput>,
+        pub arc: AuthResult,
+        pub dmarc: DmarcOutput,
+        /// The Authentication-Results value, without the header name.
+        pub authentication_results: String,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Canonicalization {
+        Simple,
+        #[default]
+        Relaxed,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct SignRequest {
+        pub domain: String,
+        pub selector: String,
+        /// PEM text of an RSA or Ed25519 private key.
+        pub private_key: String,
+        pub headers: Vec<String>,
+        pub header_canonicalization: Canonicalization,
+        pub body_canonicalization: Canonicalization,
+        pub expire_seconds: Option<u64>,
+    }
+
+    /// SPF for a client address; an empty `mail_from` checks the HELO name.
+    pub fn spf(remote_ip: &str, helo: &str, mail_from: &str) -> Result<SpfOutput, String> {
+        super::imp::spf(remote_ip, helo, mail_from)
+    }
+
+    /// DKIM, ARC and DMARC of the message (data and route stages).
+    pub fn verify_message(checks: &MessageChecks) -> Result<MessageAuth, String> {
+        super::imp::verify_message(checks)
+    }
+
+    /// A DKIM-Signature value for the message (data and route stages).
+    pub fn dkim_sign(request: &SignRequest) -> Result<String, String> {
+        super::imp::dkim_sign(request)
     }
 }

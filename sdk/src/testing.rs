@@ -30,6 +30,16 @@ pub struct HostState {
     pub dns_ptr: HashMap<String, Result<Vec<String>, String>>,
     pub body: Vec<u8>,
     pub logs: Vec<(Level, String)>,
+    /// mail-auth: SPF answers by sender domain (none when missing).
+    pub spf: HashMap<String, Result<crate::host::mail_auth::SpfOutput, String>>,
+    /// mail-auth: what `verify_message` answers (all "none" when unset).
+    pub message_auth: Option<Result<crate::host::mail_auth::MessageAuth, String>>,
+    /// mail-auth: what `verify_message` was asked.
+    pub verified: Vec<crate::host::mail_auth::MessageChecks>,
+    /// mail-auth: what `dkim_sign` answers (a placeholder when unset).
+    pub dkim_sign: Option<Result<String, String>>,
+    /// mail-auth: the signing requests made.
+    pub sign_requests: Vec<crate::host::mail_auth::SignRequest>,
 }
 
 thread_local! {
@@ -151,6 +161,34 @@ impl Harness {
     }
     pub fn dns_txt(mut self, name: &str, answer: Result<Vec<&str>, &str>) -> Self {
         self.state.dns_txt.insert(name.to_ascii_lowercase(), answer.map(|v| v.into_iter().map(String::from).collect()).map_err(String::from));
+        self
+    }
+    /// mail-auth: the SPF answer for a sender domain.
+    pub fn spf(mut self, domain: &str, answer: Result<crate::host::mail_auth::SpfOutput, &str>) -> Self {
+        self.state.spf.insert(domain.to_ascii_lowercase(), answer.map_err(String::from));
+        self
+    }
+    /// mail-auth: the answer of `verify_message`.
+    pub fn message_auth(mut self, answer: Result<crate::host::mail_auth::MessageAuth, &str>) -> Self {
+        self.state.message_auth = Some(answer.map_err(String::from));
+        self
+    }
+    /// mail-auth: the answer of `dkim_sign`.
+    pub fn dkim_sign(mut self, answer: Result<&str, &str>) -> Self {
+        self.state.dkim_sign = Some(answer.map(String::from).map_err(String::from));
+        self
+    }
+    /// mail-auth: the signing requests the plugin made.
+    pub fn sign_requests(&self) -> Vec<crate::host::mail_auth::SignRequest> {
+        self.state.sign_requests.clone()
+    }
+    /// mail-auth: what the plugin asked `verify_message`.
+    pub fn verified(&self) -> Vec<crate::host::mail_auth::MessageChecks> {
+        self.state.verified.clone()
+    }
+    /// Sets a kv entry before a run (state from an earlier session).
+    pub fn kv_entry(mut self, key: &str, value: &[u8]) -> Self {
+        self.state.kv.insert(key.into(), value.to_vec());
         self
     }
     pub fn kv(&self) -> HashMap<String, Vec<u8>> {

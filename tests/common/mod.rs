@@ -3,6 +3,8 @@
 //! (plain or TLS), run `weir` subcommands, and stop it.
 #![allow(dead_code)]
 
+pub mod zone;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -572,4 +574,54 @@ pub fn plugin(name: &str) -> String {
 pub fn password_hash(password: &str) -> String {
     let out = run_ok(Command::new("sh").arg("-c").arg(format!("printf '%s\\n' '{password}' | {WEIR} passwd")));
     String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+/// DKIM test keys made with openssl: PEM private keys and the p= values of
+/// their DNS records.
+pub struct DkimKeys {
+    pub rsa_pem: String,
+    pub rsa_record: String,
+    pub ed25519_pem: String,
+    pub ed25519_record: String,
+}
+
+pub fn dkim_keys(dir: &Path) -> DkimKeys {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rsa = dir.join("dkim-rsa.pem");
+    let ed = dir.join("dkim-ed25519.pem");
+    run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&rsa));
+    run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&ed));
+    let public = |key: &Path| run_ok(Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(key)).stdout;
+    let rsa_spki = public(&rsa);
+    let ed_spki = public(&ed);
+    // An Ed25519 SubjectPublicKeyInfo ends with the 32-octet raw key, which
+    // is what DKIM publishes (RFC 8463).
+    let ed_raw = &ed_spki[ed_spki.len() - 32..];
+    DkimKeys {
+        rsa_pem: std::fs::read_to_string(&rsa).expect("rsa key"),
+        rsa_record: format!("v=DKIM1; k=rsa; p={}", b64.encode(&rsa_spki)),
+        ed25519_pem: std::fs::read_to_string(&ed).expect("ed25519 key"),
+        ed25519_record: format!("v=DKIM1; k=ed25519; p={}", b64.encode(ed_raw)),
+    }
+}
+
+/// Verifies a message's DKIM signatures with python3-dkim; `records` maps
+/// TXT names to values. Returns (all passed, the verifier's output).
+pub fn dkimpy_verify(message: &[u8], records: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let msg = dir.path().join("message.eml");
+    let recs = dir.path().join("records.json");
+    std::fs::write(&msg, message).expect("write message");
+    let map: serde_json::Map<String, serde_json::Value> =
+        records.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    std::fs::write(&recs, serde_json::to_vec(&map).expect("json")).expect("write records");
+    let out = Command::new("/usr/bin/python3")
+        .arg(repo_root().join("tests/clients/dkim_verify.py"))
+        .arg(&msg)
+        .arg(&recs)
+        .output()
+        .expect("running python3 dkim_verify.py");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }

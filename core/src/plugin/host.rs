@@ -1,5 +1,5 @@
 //! The host capabilities a plugin may be granted: log, config, clock, kv,
-//! dns and body. Each checks its grant first; an ungranted call traps,
+//! dns, body and mail-auth (its machinery is in `mail_auth`). Each checks its grant first; an ungranted call traps,
 //! which ends the call with a "refused" fault and the step's on_error.
 
 use std::time::Duration;
@@ -7,7 +7,9 @@ use std::time::Duration;
 use wasmtime::Result;
 
 
-use super::weir::plugin::{body, clock, config, dns, kv, log, types};
+use std::sync::Arc;
+
+use super::weir::plugin::{body, clock, config, dns, kv, log, mail_auth, types};
 use super::PluginState;
 use crate::dns::DnsError;
 use crate::policy::types::Grant;
@@ -122,5 +124,33 @@ impl body::Host for PluginState {
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
         let end = start.saturating_add(len.min(1 << 20) as usize).min(b.len());
         Ok(b[start..end].to_vec())
+    }
+}
+
+impl PluginState {
+    fn message(&mut self) -> Result<Option<Arc<Vec<u8>>>> {
+        self.require(Grant::MailAuth)?;
+        Ok(self.body.clone())
+    }
+}
+
+impl mail_auth::Host for PluginState {
+    async fn spf(&mut self, ip: String, helo: String, mail_from: String) -> Result<Result<mail_auth::SpfOutput, String>> {
+        self.require(Grant::MailAuth)?;
+        let s = self.services.clone();
+        Ok(s.mail_auth.spf(&ip, &helo, &mail_from, &s.hostname, s.dns_budget).await)
+    }
+    async fn verify_message(&mut self, checks: mail_auth::MessageChecks) -> Result<Result<mail_auth::MessageAuth, String>> {
+        let Some(msg) = self.message()? else {
+            return Ok(Err("there is no message before the data stage".into()));
+        };
+        let s = self.services.clone();
+        Ok(s.mail_auth.verify_message(&msg, &checks, s.dns_budget).await)
+    }
+    async fn dkim_sign(&mut self, request: mail_auth::SignRequest) -> Result<Result<String, String>> {
+        let Some(msg) = self.message()? else {
+            return Ok(Err("there is no message before the data stage".into()));
+        };
+        Ok(self.services.mail_auth.dkim_sign(&msg, &request))
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod host;
 pub mod kv;
+pub mod mail_auth;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use weir::plugin::types as wit;
+/// The mail-auth capability's types (outputs, checks, signing requests).
+pub use weir::plugin::mail_auth as wit_auth;
 
 /// What went wrong in a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +69,25 @@ pub struct Fault {
 /// Services the host capabilities use.
 pub struct HostServices {
     pub dns: Arc<crate::dns::Dns>,
+    pub mail_auth: mail_auth::MailAuth,
     /// None when only checking a policy (no queue database open).
     pub kv: Option<kv::Kv>,
-    /// Time budget of one DNS lookup made by a plugin.
+    /// Time budget of one DNS lookup made by a plugin, and of one mail-auth
+    /// check (which may make several).
     pub dns_budget: Duration,
+    /// This server's name (SPF's %{r} macro).
+    pub hostname: String,
+}
+
+impl HostServices {
+    /// The services of a server (or an offline check) with `config`.
+    pub fn new(config: &crate::config::Config, dns: Arc<crate::dns::Dns>, kv: Option<kv::Kv>) -> Arc<HostServices> {
+        Self::with(dns, kv, config.plugin_runtime.dns_budget, config.hostname())
+    }
+
+    pub fn with(dns: Arc<crate::dns::Dns>, kv: Option<kv::Kv>, dns_budget: Duration, hostname: String) -> Arc<HostServices> {
+        Arc::new(HostServices { mail_auth: mail_auth::MailAuth::new(&dns), dns, kv, dns_budget, hostname })
+    }
 }
 
 /// Per-instance state (the wasmtime store's data).

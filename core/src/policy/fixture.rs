@@ -108,11 +108,7 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
     let scratch = tempfile_dir()?;
     let kv = crate::plugin::kv::Kv::open(&scratch)?;
     let runtime = crate::plugin::Runtime::new(&config.plugin_runtime, None)?;
-    let services = Arc::new(crate::plugin::HostServices {
-        dns: Arc::new(crate::dns::Dns::new(&config.dns)?),
-        kv: Some(kv),
-        dns_budget: config.plugin_runtime.dns_budget,
-    });
+    let services = crate::plugin::HostServices::new(&config, Arc::new(crate::dns::Dns::new(&config.dns)?), Some(kv));
     let origin = crate::policy::ConfigOrigin {
         path: Some(config_path.clone()),
         overrides: Vec::new(),

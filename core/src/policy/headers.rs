@@ -47,9 +47,26 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 76 && n.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
+/// A value that is already folded correctly: every CRLF is followed by
+/// whitespace, and there is no other CR or LF. Such values (a
+/// DKIM-Signature, whose folding is part of what was signed) are kept as
+/// they are.
+fn prefolded(value: &str) -> bool {
+    let b = value.as_bytes();
+    value.contains("\r\n")
+        && b.iter().enumerate().all(|(i, c)| match c {
+            b'\r' => b.get(i + 1) == Some(&b'\n') && matches!(b.get(i + 2), Some(b' ' | b'\t')),
+            b'\n' => i > 0 && b[i - 1] == b'\r',
+            c => !c.is_ascii_control() || *c == b'\t',
+        })
+}
+
 /// A header field as it will be written: CR/LF in the value cannot inject
 /// fields, long values are folded.
 fn field(name: &str, value: &str) -> Vec<u8> {
+    if prefolded(value) {
+        return format!("{name}: {value}\r\n").into_bytes();
+    }
     let clean: String = value
         .chars()
         .map(|c| if c == '\r' || c == '\n' || (c.is_control() && c != '\t') { ' ' } else { c })
@@ -127,6 +144,15 @@ mod tests {
 
     fn ch(c: wit::Change) -> (String, wit::Change) {
         ("p".into(), c)
+    }
+
+    #[test]
+    fn prefolded_values_are_kept_and_injection_is_not() {
+        assert_eq!(field("DKIM-Signature", "v=1; a=x;\r\n\tb=abc"), b"DKIM-Signature: v=1; a=x;\r\n\tb=abc\r\n");
+        let injected = String::from_utf8(field("X-A", "a\r\nBcc: evil@example.com")).unwrap();
+        assert!(!injected.contains("\r\nBcc"), "{injected:?}");
+        let trailing = String::from_utf8(field("X-A", "a\r\n\t")).unwrap();
+        assert!(trailing.ends_with("\r\n") && trailing.matches("\r\n").count() <= 2, "{trailing:?}");
     }
 
     #[test]

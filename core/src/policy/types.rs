@@ -61,6 +61,9 @@ pub enum Grant {
     Kv,
     Dns,
     Body,
+    /// SPF, DKIM, ARC and DMARC checks and DKIM signing.
+    #[serde(rename = "mail-auth", alias = "mail_auth")]
+    MailAuth,
     /// Changes: add/remove/replace headers.
     Headers,
     /// Changes: rewrite the sender, add/remove/rewrite recipients.
@@ -82,6 +85,7 @@ impl Grant {
             Grant::Kv => "kv",
             Grant::Dns => "dns",
             Grant::Body => "body",
+            Grant::MailAuth => "mail-auth",
             Grant::Headers => "headers",
             Grant::Envelope => "envelope",
             Grant::Route => "route",
