@@ -38,8 +38,9 @@ test: build
 	else \
 		$(CARGO) test $(PROFILE) --workspace --no-fail-fast; \
 	fi
-	# Plugins' own tests, natively, through the SDK's harness.
+	# Plugins' own tests, natively, through the SDK's harness; the SDK's own.
 	$(CARGO) test --manifest-path plugins/Cargo.toml --release
+	$(CARGO) test --manifest-path sdk/Cargo.toml --release --lib
 
 check:
 	$(CARGO) check $(PROFILE) --workspace --all-targets

@@ -314,6 +314,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// "transactional", "normal" or "bulk" (any case).
+    pub fn from_name(s: &str) -> Option<Priority> {
+        match s.to_ascii_lowercase().as_str() {
+            "transactional" => Some(Priority::Transactional),
+            "normal" => Some(Priority::Normal),
+            "bulk" => Some(Priority::Bulk),
+            _ => None,
+        }
+    }
+
     pub fn index(self) -> u8 {
         match self {
             Priority::Transactional => 0,

@@ -11,6 +11,7 @@
 //! Weir, and the [`testing::Harness`] when the plugin's tests run natively.
 
 pub mod host;
+pub mod util;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod types;

@@ -123,6 +123,9 @@ pub struct StepResult {
 #[derive(Debug, Default)]
 pub struct Harness {
     state: HostState,
+    /// Symbols and tags "earlier steps" set, seen from the connect stage on.
+    symbols: Vec<(String, f64)>,
+    tags: Vec<(String, String)>,
 }
 
 /// Headers of a raw message (unfolded), as the server gives them to plugins.
@@ -161,6 +164,16 @@ impl Harness {
     }
     pub fn dns_txt(mut self, name: &str, answer: Result<Vec<&str>, &str>) -> Self {
         self.state.dns_txt.insert(name.to_ascii_lowercase(), answer.map(|v| v.into_iter().map(String::from).collect()).map_err(String::from));
+        self
+    }
+    /// A score symbol an earlier step in the pipeline added.
+    pub fn prior_symbol(mut self, name: &str, score: f64) -> Self {
+        self.symbols.push((name.into(), score));
+        self
+    }
+    /// A tag an earlier step in the pipeline set.
+    pub fn prior_tag(mut self, name: &str, value: &str) -> Self {
+        self.tags.push((name.into(), value.into()));
         self
     }
     /// mail-auth: the SPF answer for a sender domain.
@@ -212,8 +225,8 @@ impl Harness {
             envelope: Envelope::default(),
             recipient: None,
             recipient_params: Vec::new(),
-            tags: Vec::new(),
-            symbols: Vec::new(),
+            tags: self.tags.clone(),
+            symbols: self.symbols.clone(),
             size: 0,
             headers: Vec::new(),
         };

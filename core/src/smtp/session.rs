@@ -385,6 +385,8 @@ impl Session {
         let Some(tx) = self.tx.as_mut() else {
             return;
         };
+        // The recipient being decided on, followed through rewrites.
+        let mut current = current_rcpt.map(str::to_string);
         for (plugin, c) in &out.changes {
             match c {
                 wit::Change::SetSender(s) => tx.sender = s.clone(),
@@ -398,10 +400,13 @@ impl Session {
                     for r in tx.rcpts.iter_mut().filter(|r| &r.address == from) {
                         r.address = to.clone();
                     }
+                    if current.as_deref() == Some(from.as_str()) {
+                        current = Some(to.clone());
+                    }
                 }
                 wit::Change::SetRoute(route) => {
                     for r in tx.rcpts.iter_mut() {
-                        if current_rcpt.is_none_or(|c| c == r.address) {
+                        if current.as_deref().is_none_or(|c| c == r.address) {
                             r.route = Some(route.clone());
                         }
                     }
@@ -784,7 +789,15 @@ impl Session {
             state: MessageState::Queued,
             next_attempt_ms: now_ms(),
             attempts: 0,
-            priority: self.ctx.priority,
+            // A `priority` tag from the policy (e.g. the router plugin)
+            // overrides the listener's class.
+            priority: self
+                .tags
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "priority")
+                .and_then(|(_, v)| crate::config::Priority::from_name(v))
+                .unwrap_or(self.ctx.priority),
             history: Vec::new(),
             delay_notified: false,
             decisions: self.trail.clone(),

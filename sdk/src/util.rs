@@ -1,0 +1,172 @@
+//! Small helpers most policy plugins need: address parts, domain lists,
+//! IP networks, the address in a From: header, and sliding-window rate
+//! counters on the kv store.
+
+use std::net::IpAddr;
+
+/// The domain of an address (lowercased); empty for the null sender.
+pub fn domain_of(address: &str) -> String {
+    address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// The local part of an address.
+pub fn local_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(l, _)| l).unwrap_or(address)
+}
+
+/// Whether `domain` is in `list`: entries match exactly, and an entry
+/// starting with "." matches every subdomain ("." + "example.com").
+pub fn domain_in(domain: &str, list: &[String]) -> bool {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    list.iter().any(|e| {
+        let e = e.to_ascii_lowercase();
+        match e.strip_prefix('.') {
+            Some(parent) => d.ends_with(&e) || d == parent,
+            None => d == e,
+        }
+    })
+}
+
+/// An IP network such as 192.0.2.0/24 or 2001:db8::/32 (a bare address is
+/// a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Result<Network, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l.trim().parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Network { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses a list of networks, keeping the good ones and the errors apart.
+pub fn networks(list: &[String]) -> (Vec<Network>, Vec<String>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for s in list {
+        match Network::parse(s) {
+            Ok(n) => good.push(n),
+            Err(e) => bad.push(e),
+        }
+    }
+    (good, bad)
+}
+
+/// Whether the address text `ip` is in any of `nets`.
+pub fn ip_in(ip: &str, nets: &[Network]) -> bool {
+    ip.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|a| nets.iter().any(|n| n.contains(a)))
+}
+
+/// The addresses in an address-list header value such as
+/// `"Ann Example" <ann@example.com>, bob@example.org` (lowercased domains).
+pub fn header_addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_quote = false;
+    let mut depth = 0;
+    let mut cur = String::new();
+    let mut parts = Vec::new();
+    for c in value.chars() {
+        match c {
+            '"' if depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            ',' if !in_quote && depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 0 && c != ')' {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    for p in parts {
+        let addr = match (p.rfind('<'), p.rfind('>')) {
+            (Some(a), Some(b)) if a < b => p[a + 1..b].trim().to_string(),
+            _ => p.split_whitespace().find(|w| w.contains('@')).unwrap_or("").trim_matches('"').to_string(),
+        };
+        if let Some((l, d)) = addr.rsplit_once('@') {
+            if !l.is_empty() && !d.is_empty() {
+                out.push(format!("{l}@{}", d.to_ascii_lowercase()));
+            }
+        }
+    }
+    out
+}
+
+/// Adds `n` to a sliding-window counter in the kv store (grants: kv,
+/// clock) and returns the estimated count over the last `window_secs`,
+/// including `n`. Two fixed buckets are kept and the previous one is
+/// weighted by how much of it still lies in the window.
+pub fn window_add(key: &str, window_secs: u64, n: i64) -> f64 {
+    let window_ms = window_secs.max(1) * 1000;
+    let now = crate::host::now_ms();
+    let bucket = now / window_ms;
+    let ttl = u32::try_from(window_secs.saturating_mul(2)).unwrap_or(u32::MAX);
+    let cur = if n != 0 {
+        crate::host::kv::incr(&format!("{key}#{bucket}"), n, Some(ttl))
+    } else {
+        read_counter(&format!("{key}#{bucket}"))
+    };
+    let prev = read_counter(&format!("{key}#{}", bucket.saturating_sub(1)));
+    let elapsed = (now % window_ms) as f64 / window_ms as f64;
+    cur as f64 + prev as f64 * (1.0 - elapsed)
+}
+
+fn read_counter(key: &str) -> i64 {
+    crate::host::kv::get(key).and_then(|v| String::from_utf8(v).ok()?.trim().parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_domains() {
+        let n = Network::parse("192.0.2.0/24").unwrap();
+        assert!(n.contains("192.0.2.9".parse().unwrap()));
+        assert!(n.contains("::ffff:192.0.2.9".parse().unwrap()));
+        assert!(!n.contains("192.0.3.9".parse().unwrap()));
+        assert!(Network::parse("10.0.0.0/33").is_err());
+        assert!(domain_in("Mail.Example.COM", &[".example.com".into()]));
+        assert!(!domain_in("badexample.com", &[".example.com".into()]));
+        assert!(domain_in("example.com", &["example.com".into()]));
+    }
+
+    #[test]
+    fn header_address_lists() {
+        assert_eq!(header_addresses(r#""Doe, Ann" <ann@Example.COM>, bob@example.org (Bob)"#), vec!["ann@example.com", "bob@example.org"]);
+        assert_eq!(header_addresses("undisclosed-recipients:;"), Vec::<String>::new());
+    }
+}
