@@ -59,7 +59,13 @@ fn config_check_reports_line_and_column() {
 
 #[test]
 fn shipped_policies_are_valid() {
-    for f in ["policies/default.yaml", "policies/example-pipeline.yaml"] {
+    for f in [
+        "policies/default.yaml",
+        "policies/example-pipeline.yaml",
+        "policies/inbound-mx.yaml",
+        "policies/submission.yaml",
+        "policies/research.yaml",
+    ] {
         let out = Command::new(WEIR).args(["policy", "check"]).arg(repo_root().join(f)).output().unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -69,13 +75,15 @@ fn shipped_policies_are_valid() {
 fn embedded_default_runs_with_overrides() {
     // `weir serve` with no --config: the embedded default, data under ./data.
     let dir = tempfile::tempdir().unwrap();
-    let (p1, p2, pm) = (free_port(), free_port(), free_port());
+    let (p1, p2, p3, pm) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(WEIR)
         .current_dir(dir.path())
         .args(["serve", "-o"])
         .arg(format!("listeners.mx.bind=127.0.0.1:{p1}"))
         .arg("-o")
         .arg(format!("listeners.smtps.bind=127.0.0.1:{p2}"))
+        .arg("-o")
+        .arg(format!("listeners.submission.bind=127.0.0.1:{p3}"))
         .arg("-o")
         .arg(format!("metrics.bind=127.0.0.1:{pm}"))
         .stderr(Stdio::piped())
@@ -97,6 +105,11 @@ fn embedded_default_runs_with_overrides() {
     c.cmd("EHLO client.test").is(250, "");
     c.cmd("MAIL FROM:<someone@example.org>").is(250, "2.1.0");
     c.cmd("RCPT TO:<someone@elsewhere.example>").is(554, "5.7.1");
+    // The submission listener's sender-rules plugin wants AUTH first.
+    let mut sub = Smtp::connect(p3);
+    sub.cmd("EHLO client.test").is(250, "");
+    sub.cmd("MAIL FROM:<someone@example.org>").is(530, "5.7.0");
+    sub.cmd("QUIT").is(221, "2.0.0");
     // The message is delivered into ./data/mail/localhost/postmaster (Maildir).
     let new = data.join("mail/localhost/postmaster/new");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

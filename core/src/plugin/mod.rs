@@ -300,7 +300,7 @@ impl Runtime {
     /// Loads one plugin: reads, checks the pin, compiles, links, and asks
     /// it which stages it handles.
     pub async fn load(self: &Arc<Self>, name: &str, decl: &PluginDecl, base: &Path, services: &Arc<HostServices>) -> Result<Arc<LoadedPlugin>> {
-        let path = base.join(&decl.path.0);
+        let path = base.join(decl.path.0.replace("{plugin_dir}", &plugin_dir()));
         let bytes = std::fs::read(&path).map_err(|e| anyhow!("cannot read plugin {}: {e}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         if let Some(pin) = &decl.sha256 {
@@ -362,6 +362,16 @@ impl Runtime {
         tracing::info!(plugin = %name, path = %path.display(), stages = ?plugin.stages, "plugin loaded");
         Ok(Arc::new(plugin))
     }
+}
+
+/// Where `{plugin_dir}` in a plugin path points: $WEIR_PLUGIN_DIR, or the
+/// first-party plugins built by `make plugins` in the source tree this
+/// binary was built from.
+pub fn plugin_dir() -> String {
+    std::env::var("WEIR_PLUGIN_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/build").to_string())
 }
 
 /// The host capabilities (weir:plugin/<name>) a component imports.

@@ -6,9 +6,10 @@
 //! is applied: p=reject gives 550 5.7.1, p=quarantine quarantines (a
 //! domain testing its policy, t=y, gets the next milder one). With
 //! `reject_spf_fail: true` an SPF fail is refused at MAIL FROM (550
-//! 5.7.23, RFC 7372).
+//! 5.7.23, RFC 7372). Clients in `skip_networks` are not checked.
 use serde::Deserialize;
 use weir_plugin_sdk::host::mail_auth::{self, AuthResult, DmarcPolicy, MessageChecks, SpfOutput};
+use weir_plugin_sdk::util::{ip_in, networks};
 use weir_plugin_sdk::*;
 
 #[derive(Deserialize, Clone)]
@@ -18,6 +19,8 @@ struct Config {
     authserv_id: String,
     enforce: bool,
     reject_spf_fail: bool,
+    /// Clients never checked (your own networks, loopback).
+    skip_networks: Vec<String>,
     /// Symbol weights added to the message's score.
     spf_fail: f64,
     spf_softfail: f64,
@@ -33,6 +36,7 @@ impl Default for Config {
             authserv_id: "weir".into(),
             enforce: false,
             reject_spf_fail: false,
+            skip_networks: Vec::new(),
             spf_fail: 2.0,
             spf_softfail: 0.7,
             dkim_fail: 1.0,
@@ -75,6 +79,9 @@ impl Plugin for AuthCheck {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
         };
+        if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
+            return Decision::next().because("client in skip_networks");
+        }
         let sender = ctx.envelope.sender.clone().unwrap_or_default();
         let helo = ctx.connection.helo.clone().unwrap_or_default();
         let spf = match mail_auth::spf(&ctx.connection.remote_ip, &helo, &sender) {
@@ -105,6 +112,9 @@ impl Plugin for AuthCheck {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
         };
+        if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
+            return Decision::next().because("client in skip_networks");
+        }
         let checks = MessageChecks {
             remote_ip: ctx.connection.remote_ip.clone(),
             helo: ctx.connection.helo.clone().unwrap_or_default(),
@@ -240,6 +250,14 @@ mod tests {
         assert!(matches!(run(DmarcPolicy::Quarantine, false), Verdict::Quarantine(_)));
         assert!(matches!(run(DmarcPolicy::Reject, true), Verdict::Quarantine(_)));
         assert_eq!(run(DmarcPolicy::None, false), Verdict::Continue);
+    }
+
+    #[test]
+    fn skipped_networks_are_not_checked() {
+        let mut h = Harness::new().config(r#"{"skip_networks": ["198.51.100.0/24"], "reject_spf_fail": true}"#).spf("example.com", spf_fail());
+        let r = h.run::<AuthCheck>(&transcript());
+        assert!(r.iter().all(|s| s.decision.verdict == Verdict::Continue && s.decision.changes.is_empty()));
+        assert!(h.verified().is_empty());
     }
 
     #[test]
