@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use mail_auth::dmarc::Policy;
@@ -82,6 +82,21 @@ fn dmarc_word(r: &DmarcResult) -> w::AuthResult {
         DmarcResult::TempError(_) => w::AuthResult::TempError,
         DmarcResult::PermError(_) => w::AuthResult::PermError,
         DmarcResult::None => w::AuthResult::None,
+    }
+}
+
+/// A signer for `key` with the request's domain, selector, headers,
+/// canonicalisation and expiry.
+fn configure<K: SigningKey>(key: K, req: &w::SignRequest) -> DkimSigner<K, Done> {
+    let s = DkimSigner::from_key(key)
+        .domain(req.domain.clone())
+        .selector(req.selector.clone())
+        .headers(req.headers.iter().map(String::as_str))
+        .header_canonicalization(canon(req.header_canonicalization))
+        .body_canonicalization(canon(req.body_canonicalization));
+    match req.expire_seconds {
+        Some(x) => s.expiration(x),
+        None => s,
     }
 }
 
@@ -221,30 +236,10 @@ impl MailAuth {
             _ => None,
         };
         let signer = match ed25519 {
-            Some(k) => {
-                let mut s = DkimSigner::from_key(k)
-                    .domain(req.domain.clone())
-                    .selector(req.selector.clone())
-                    .headers(req.headers.iter().map(String::as_str))
-                    .header_canonicalization(canon(req.header_canonicalization))
-                    .body_canonicalization(canon(req.body_canonicalization));
-                if let Some(x) = req.expire_seconds {
-                    s = s.expiration(x);
-                }
-                Signer::Ed25519(s)
-            }
+            Some(k) => Signer::Ed25519(configure(k, req)),
             None => {
                 let k = RsaKey::<Sha256>::from_key_der(der.clone_key()).map_err(|e| format!("the private key: {e}"))?;
-                let mut s = DkimSigner::from_key(k)
-                    .domain(req.domain.clone())
-                    .selector(req.selector.clone())
-                    .headers(req.headers.iter().map(String::as_str))
-                    .header_canonicalization(canon(req.header_canonicalization))
-                    .body_canonicalization(canon(req.body_canonicalization));
-                if let Some(x) = req.expire_seconds {
-                    s = s.expiration(x);
-                }
-                Signer::Rsa(s)
+                Signer::Rsa(configure(k, req))
             }
         };
         let signer = Arc::new(signer);
