@@ -315,6 +315,11 @@ fn ip_matches(ip: IpAddr, candidate: IpAddr, v4: u8, v6: u8) -> bool {
     }
 }
 
+/// Whether `name` is a subdomain of `parent` (both lowercase).
+fn is_under(name: &str, parent: &str) -> bool {
+    name.strip_suffix(parent).is_some_and(|head| head.ends_with('.'))
+}
+
 /// A name SPF may look up: labels of 1 to 63 octets, at most 253 in all.
 fn valid_target(d: &str) -> bool {
     let d = d.strip_suffix('.').unwrap_or(d);
@@ -389,22 +394,29 @@ impl Check<'_> {
         }
     }
 
-    /// %{p}: a validated name of the client address, or "unknown".
-    async fn validated_name(&self, domain: &str) -> String {
-        let Ok(names) = self.dns.ptr(&self.ip.to_string()).await else {
-            return "unknown".into();
-        };
+    /// RFC 7208 5.5: names of the client address (at most 10) that `keep`
+    /// accepts and whose addresses include it. DNS errors skip a name.
+    async fn validated_names(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let names = self.dns.ptr(&self.ip.to_string()).await.unwrap_or_default();
         let mut valid = Vec::new();
         for name in names.into_iter().take(MAX_NAMES) {
-            if self.addresses(&name).await.map(|ips| ips.contains(&self.ip)).unwrap_or(false) {
-                valid.push(name);
+            let n = name.trim_end_matches('.').to_ascii_lowercase();
+            if keep(&n) && self.addresses(&n).await.is_ok_and(|ips| ips.contains(&self.ip)) {
+                valid.push(n);
             }
         }
+        valid
+    }
+
+    /// %{p}: a validated name of the client address, preferring `domain`
+    /// itself, then its subdomains; "unknown" when there is none.
+    async fn validated_name(&self, domain: &str) -> String {
         let d = domain.to_ascii_lowercase();
+        let valid = self.validated_names(|_| true).await;
         valid
             .iter()
-            .find(|n| n.eq_ignore_ascii_case(&d))
-            .or_else(|| valid.iter().find(|n| n.to_ascii_lowercase().ends_with(&format!(".{d}"))))
+            .find(|n| **n == d)
+            .or_else(|| valid.iter().find(|n| is_under(n, &d)))
             .or(valid.first())
             .cloned()
             .unwrap_or_else(|| "unknown".into())
@@ -627,19 +639,7 @@ impl Check<'_> {
                 Mechanism::Ptr(spec) => {
                     self.count_lookup()?;
                     let t = self.target(spec, domain).await?.to_ascii_lowercase();
-                    let names = self.dns.ptr(&self.ip.to_string()).await.unwrap_or_default();
-                    let mut hit = false;
-                    for name in names.into_iter().take(MAX_NAMES) {
-                        let n = name.trim_end_matches('.').to_ascii_lowercase();
-                        if !(n == t || n.ends_with(&format!(".{t}"))) {
-                            continue;
-                        }
-                        if self.addresses(&n).await.map(|ips| ips.contains(&self.ip)).unwrap_or(false) {
-                            hit = true;
-                            break;
-                        }
-                    }
-                    hit
+                    !self.validated_names(|n| n == t || is_under(n, &t)).await.is_empty()
                 }
                 Mechanism::Exists(spec) => {
                     self.count_lookup()?;

@@ -248,6 +248,14 @@ pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("plugin config: {e}"))
 }
 
+/// The plugin's `config:` block, deserialised on first use and kept in
+/// `slot`, so that an instance (one SMTP session) reads it once (grant:
+/// `config`). A plugin keeps the slot as a field:
+/// `config: Option<Result<Config, String>>`.
+pub fn cached_config<T: serde::de::DeserializeOwned>(slot: &mut Option<Result<T, String>>) -> Result<&T, String> {
+    slot.get_or_insert_with(config::<T>).as_ref().map_err(Clone::clone)
+}
+
 /// Milliseconds since the Unix epoch (grant: `clock`).
 pub fn now_ms() -> u64 {
     imp::now_ms()

@@ -54,12 +54,6 @@ pub struct AuthCheck {
     spf: Option<SpfOutput>,
 }
 
-impl AuthCheck {
-    fn config(&mut self) -> Result<Config, String> {
-        self.config.get_or_insert_with(host::config::<Config>).clone()
-    }
-}
-
 fn spf_symbol(r: AuthResult) -> Option<&'static str> {
     match r {
         AuthResult::Pass => Some("SPF_PASS"),
@@ -75,7 +69,7 @@ impl Plugin for AuthCheck {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::Data];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let config = match self.config() {
+        let config = match host::cached_config(&mut self.config) {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
         };
@@ -108,7 +102,7 @@ impl Plugin for AuthCheck {
     }
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match self.config() {
+        let config = match host::cached_config(&mut self.config) {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
         };

@@ -51,8 +51,8 @@ impl Plugin for Greylist {
     const STAGES: &'static [Stage] = &[Stage::RcptTo];
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let c = match self.config.get_or_insert_with(host::config::<Config>) {
-            Ok(c) => c.clone(),
+        let c = match host::cached_config(&mut self.config) {
+            Ok(c) => c,
             Err(e) => return Decision::next().because(format!("greylist config: {e}")),
         };
         if ctx.connection.auth_user.is_some() {

@@ -55,8 +55,8 @@ impl Plugin for HeaderRewrite {
     const STAGES: &'static [Stage] = &[Stage::Data];
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match self.config.get_or_insert_with(host::config::<Config>) {
-            Ok(c) => c.clone(),
+        let config = match host::cached_config(&mut self.config) {
+            Ok(c) => c,
             Err(e) => return Decision::next().because(format!("header-rewrite config: {e}")),
         };
         let mut d = Decision::next();

@@ -167,18 +167,12 @@ fn srs_reverse(srs: &Srs, addr: &str, now_ms: u64) -> Result<Option<String>, Str
     Ok(Some(format!("{orig}@{domain}")))
 }
 
-impl Router {
-    fn config(&mut self) -> Result<Config, String> {
-        self.config.get_or_insert_with(host::config::<Config>).clone()
-    }
-}
-
 impl Plugin for Router {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::RcptTo, Stage::Route];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
         self.forwarded = false;
-        let Ok(c) = self.config() else {
+        let Ok(c) = host::cached_config(&mut self.config) else {
             return Decision::tempfail(451, "4.3.5", "Routing is misconfigured");
         };
         let sender = ctx.envelope.sender.clone().unwrap_or_default();
@@ -189,7 +183,7 @@ impl Plugin for Router {
     }
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let c = match self.config() {
+        let c = match host::cached_config(&mut self.config) {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Routing is misconfigured").because(e),
         };
@@ -240,7 +234,7 @@ impl Plugin for Router {
     }
 
     fn route(&mut self, ctx: &Context) -> Decision {
-        let Ok(c) = self.config() else {
+        let Ok(c) = host::cached_config(&mut self.config) else {
             return Decision::next();
         };
         let sender = ctx.envelope.sender.clone().unwrap_or_default();

@@ -92,12 +92,6 @@ fn over(limit: Option<Limit>, key: &str, add: i64) -> Option<String> {
     (projected > f64::from(l.count)).then(|| format!("at most {} per {} s", l.count, l.window_seconds))
 }
 
-impl SenderRules {
-    fn config(&mut self) -> Result<Config, String> {
-        self.config.get_or_insert_with(host::config::<Config>).clone()
-    }
-}
-
 fn rate_reply(what: &str, detail: &str) -> Decision {
     Decision::tempfail(451, "4.7.1", &format!("Too many {what} ({detail}); please try again later")).because(format!("{what} limit: {detail}"))
 }
@@ -106,7 +100,7 @@ impl Plugin for SenderRules {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::RcptTo, Stage::Data];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let config = match self.config() {
+        let config = match host::cached_config(&mut self.config) {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender rules are misconfigured").because(e),
         };
@@ -143,7 +137,7 @@ impl Plugin for SenderRules {
     }
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let Ok(config) = self.config() else {
+        let Ok(config) = host::cached_config(&mut self.config) else {
             return Decision::next();
         };
         let ip = &ctx.connection.remote_ip;
@@ -159,7 +153,7 @@ impl Plugin for SenderRules {
     }
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let Ok(config) = self.config() else {
+        let Ok(config) = host::cached_config(&mut self.config) else {
             return Decision::next();
         };
         let ip = ctx.connection.remote_ip.clone();
@@ -180,14 +174,9 @@ impl Plugin for SenderRules {
                 }
             }
             // The message counts once it got this far.
-            if config.limits.messages_per_account.is_some() {
-                let l = config.limits.messages_per_account;
-                over(l, &format!("m:acct:{account}"), 1);
-            }
+            over(config.limits.messages_per_account, &format!("m:acct:{account}"), 1);
         }
-        if config.limits.messages_per_ip.is_some() {
-            over(config.limits.messages_per_ip, &format!("m:ip:{ip}"), 1);
-        }
+        over(config.limits.messages_per_ip, &format!("m:ip:{ip}"), 1);
         Decision::next()
     }
 }
