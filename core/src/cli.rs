@@ -1,5 +1,5 @@
 //! The `weir` command line (clap): serve, queue list/show/delete, config
-//! check, passwd. Exit codes: 0 success, 1 failure, 2 usage (clap),
+//! check, passwd, policy check/test, reload, spam train/eval/score. Exit codes: 0 success, 1 failure, 2 usage (clap),
 //! 3 invalid configuration, 4 no such message.
 
 use std::io::{IsTerminal, Read, Write};
@@ -61,6 +61,11 @@ enum Command {
     },
     /// Make the running server load its policy and plugins anew (as SIGHUP does).
     Reload(Common),
+    /// Train and measure the spam-score plugin's classifier.
+    Spam {
+        #[command(subcommand)]
+        cmd: crate::spam::SpamCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +315,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Passwd => passwd(),
         Command::Queue { cmd } => queue(cmd),
+        Command::Spam { cmd } => crate::spam::run(cmd).map_err(Failure::from),
     }
 }
 

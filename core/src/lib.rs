@@ -14,5 +14,6 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod spam;
 pub mod spf;
 pub mod tls;
