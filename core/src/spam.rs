@@ -50,6 +50,9 @@ pub enum SpamCommand {
         /// Also list the misclassified messages.
         #[arg(long)]
         show_errors: bool,
+        /// Leave tokens seen in fewer training messages out of the model.
+        #[arg(long, default_value_t = 1)]
+        min_messages: u32,
         /// Write the model trained on the training part to this file.
         #[arg(long, value_name = "FILE")]
         model_out: Option<PathBuf>,
@@ -85,11 +88,12 @@ pub fn run(cmd: SpamCommand) -> Result<()> {
             println!("trained on {h} ham and {s} spam: {} tokens, {} octets, written to {}", model.len(), bytes.len(), output.display());
             Ok(())
         }
-        SpamCommand::Eval { ham, spam, seed, train_fraction, threshold, bayes_cutoff, show_errors, model_out } => {
+        SpamCommand::Eval { ham, spam, seed, train_fraction, threshold, bayes_cutoff, show_errors, min_messages, model_out } => {
             if !(0.0..1.0).contains(&train_fraction) || train_fraction == 0.0 {
                 bail!("--train-fraction must be between 0 and 1");
             }
-            let report = eval::evaluate(read_corpus(&ham)?, read_corpus(&spam)?, seed, train_fraction, threshold, bayes_cutoff);
+            let settings = eval::Settings { seed, train_fraction, threshold, bayes_cutoff, min_messages };
+            let report = eval::evaluate(read_corpus(&ham)?, read_corpus(&spam)?, settings);
             print!("{}", report.table());
             if let Some(p) = model_out {
                 std::fs::write(&p, &report.model).with_context(|| format!("writing {}", p.display()))?;

@@ -61,6 +61,9 @@ mod imp {
     pub fn body_read(offset: u64, len: u32) -> Vec<u8> {
         w::body::read(offset, len)
     }
+    pub fn file_read(name: &str) -> Result<Vec<u8>, String> {
+        w::files::read(name)
+    }
 
     use super::mail_auth as m;
     use w::mail_auth as wa;
@@ -202,6 +205,9 @@ mod imp {
     pub fn dns_ptr(ip: &str) -> Result<Vec<String>, String> {
         with_host(|h| lookup(&h.dns_ptr, ip))
     }
+    pub fn file_read(name: &str) -> Result<Vec<u8>, String> {
+        with_host(|h| h.files.get(name).cloned().ok_or_else(|| format!("no file named {name:?} is declared under this plugin's files:")))
+    }
     pub fn body_read(offset: u64, len: u32) -> Vec<u8> {
         with_host(|h| {
             let start = (offset as usize).min(h.body.len());
@@ -313,6 +319,16 @@ pub mod body {
             }
             out.extend_from_slice(&chunk);
         }
+    }
+}
+
+/// Data files the policy declares for the plugin under `files:` (grant:
+/// `files`), read by the host when the policy loads. In native tests they
+/// come from [`crate::testing::Harness::file`].
+pub mod files {
+    /// The whole file declared under `name`.
+    pub fn read(name: &str) -> Result<Vec<u8>, String> {
+        super::imp::file_read(name)
     }
 }
 

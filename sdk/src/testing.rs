@@ -29,6 +29,8 @@ pub struct HostState {
     pub dns_txt: HashMap<String, Result<Vec<String>, String>>,
     pub dns_ptr: HashMap<String, Result<Vec<String>, String>>,
     pub body: Vec<u8>,
+    /// files: the plugin's declared data files, by name.
+    pub files: HashMap<String, Vec<u8>>,
     pub logs: Vec<(Level, String)>,
     /// mail-auth: SPF answers by sender domain (none when missing).
     pub spf: HashMap<String, Result<crate::host::mail_auth::SpfOutput, String>>,
@@ -200,6 +202,11 @@ impl Harness {
         self.state.verified.clone()
     }
     /// Sets a kv entry before a run (state from an earlier session).
+    /// A data file the plugin may read through `host::files::read`.
+    pub fn file(mut self, name: &str, bytes: &[u8]) -> Self {
+        self.state.files.insert(name.to_string(), bytes.to_vec());
+        self
+    }
     pub fn kv_entry(mut self, key: &str, value: &[u8]) -> Self {
         self.state.kv.insert(key.into(), value.to_vec());
         self

@@ -1,5 +1,5 @@
 //! The host capabilities a plugin may be granted: log, config, clock, kv,
-//! dns, body and mail-auth (its machinery is in `mail_auth`). Each checks its grant first; an ungranted call traps,
+//! dns, body, files and mail-auth (its machinery is in `mail_auth`). Each checks its grant first; an ungranted call traps,
 //! which ends the call with a "refused" fault and the step's on_error.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use wasmtime::Result;
 
 use std::sync::Arc;
 
-use super::weir::plugin::{body, clock, config, dns, kv, log, mail_auth, types};
+use super::weir::plugin::{body, clock, config, dns, files, kv, log, mail_auth, types};
 use super::PluginState;
 use crate::dns::DnsError;
 use crate::policy::types::Grant;
@@ -35,6 +35,16 @@ impl config::Host for PluginState {
     async fn get(&mut self) -> Result<String> {
         self.require(Grant::Config)?;
         Ok(self.config_json.clone())
+    }
+}
+
+impl files::Host for PluginState {
+    async fn read(&mut self, name: String) -> Result<Result<Vec<u8>, String>> {
+        self.require(Grant::Files)?;
+        Ok(match self.plugin.files.get(&name) {
+            Some(bytes) => Ok(bytes.as_ref().clone()),
+            None => Err(format!("no file named {name:?} is declared under this plugin's files:")),
+        })
     }
 }
 

@@ -163,7 +163,12 @@ pub struct LoadedPlugin {
     breaker: BreakerConfig,
     faults: Mutex<VecDeque<Instant>>,
     disabled: AtomicBool,
+    /// The data files of `files:`, read at load.
+    pub files: HashMap<String, Arc<Vec<u8>>>,
 }
+
+/// The largest data file a plugin may declare.
+pub const MAX_PLUGIN_FILE: u64 = 64 << 20;
 
 impl LoadedPlugin {
     pub fn is_disabled(&self) -> bool {
@@ -329,6 +334,19 @@ impl Runtime {
             .map_err(|e| anyhow!("{} imports something Weir does not provide: {e}", path.display()))?;
         let pre = PluginPre::new(pre).map_err(|e| anyhow!("{} is not a weir:plugin component: {e}", path.display()))?;
         let memory_cap = (decl.limits.memory_mb as usize * 1024 * 1024).min(self.max_memory);
+        if !decl.files.is_empty() && !decl.grants.contains(&Grant::Files) {
+            return Err(anyhow!("{name} declares files: but is not granted `files`"));
+        }
+        let mut files = HashMap::new();
+        for (file_name, file_path) in &decl.files {
+            let p = base.join(file_path.replace("{plugin_dir}", &plugin_dir()));
+            let size = std::fs::metadata(&p).map_err(|e| anyhow!("cannot read {name}'s file {file_name} ({}): {e}", p.display()))?.len();
+            if size > MAX_PLUGIN_FILE {
+                return Err(anyhow!("{name}'s file {file_name} ({}) is {size} octets; at most {MAX_PLUGIN_FILE} are allowed", p.display()));
+            }
+            let bytes = std::fs::read(&p).map_err(|e| anyhow!("cannot read {name}'s file {file_name} ({}): {e}", p.display()))?;
+            files.insert(file_name.clone(), Arc::new(bytes));
+        }
         let mut plugin = LoadedPlugin {
             name: name.to_string(),
             grants: decl.grants.clone(),
@@ -341,6 +359,7 @@ impl Runtime {
             breaker: decl.circuit_breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
             disabled: AtomicBool::new(false),
+            files,
         };
         // Ask it which stages it handles, in a throw-away instance.
         let probe = Arc::new(LoadedPlugin {
@@ -355,6 +374,7 @@ impl Runtime {
             breaker: plugin.breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
             disabled: AtomicBool::new(false),
+            files: HashMap::new(),
         });
         let mut inst = Instance::new(self, probe, services.clone()).await.map_err(|f| anyhow!("{}", f.message))?;
         let stages = inst.handles().await.map_err(|f| anyhow!("asking {name} which stages it handles: {}", f.message))?;

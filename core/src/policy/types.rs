@@ -64,6 +64,8 @@ pub enum Grant {
     /// SPF, DKIM, ARC and DMARC checks and DKIM signing.
     #[serde(rename = "mail-auth", alias = "mail_auth")]
     MailAuth,
+    /// The data files declared under the plugin's `files:`.
+    Files,
     /// Changes: add/remove/replace headers.
     Headers,
     /// Changes: rewrite the sender, add/remove/rewrite recipients.
@@ -86,6 +88,7 @@ impl Grant {
             Grant::Dns => "dns",
             Grant::Body => "body",
             Grant::MailAuth => "mail-auth",
+            Grant::Files => "files",
             Grant::Headers => "headers",
             Grant::Envelope => "envelope",
             Grant::Route => "route",
@@ -125,6 +128,11 @@ pub struct PluginDecl {
     pub config: Option<serde_json::Value>,
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// Data files the plugin reads through the `files` capability, by
+    /// name: paths relative to the configuration file's directory
+    /// (`{plugin_dir}` allowed), read when the policy loads.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -121,7 +121,27 @@ impl Report {
 }
 
 /// Trains on the training part of `ham` and `spam` and measures on the rest.
-pub fn evaluate(ham: Vec<Sample>, spam: Vec<Sample>, seed: u64, train_fraction: f64, threshold: f64, bayes_cutoff: f64) -> Report {
+/// Settings of an evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub seed: u64,
+    pub train_fraction: f64,
+    /// The spam threshold of the combined score.
+    pub threshold: f64,
+    /// The probability at which the classifier alone calls spam.
+    pub bayes_cutoff: f64,
+    /// Tokens seen in fewer training messages are left out of the model.
+    pub min_messages: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { seed: 42, train_fraction: 0.8, threshold: 5.0, bayes_cutoff: 0.9, min_messages: 1 }
+    }
+}
+
+pub fn evaluate(ham: Vec<Sample>, spam: Vec<Sample>, settings: Settings) -> Report {
+    let Settings { seed, train_fraction, threshold, bayes_cutoff, min_messages } = settings;
     let (ham_train, ham_test) = split(ham.into_iter().map(|s| (s.name, s.analysis)).collect(), seed, train_fraction);
     let (spam_train, spam_test) = split(spam.into_iter().map(|s| (s.name, s.analysis)).collect(), seed, train_fraction);
     let mut trainer = Trainer::new();
@@ -131,7 +151,7 @@ pub fn evaluate(ham: Vec<Sample>, spam: Vec<Sample>, seed: u64, train_fraction: 
     for (_, a) in &spam_train {
         trainer.add(&a.tokens, true);
     }
-    let bytes = trainer.to_bytes(1);
+    let bytes = trainer.to_bytes(min_messages);
     let parsed = Model::parse(&bytes).ok();
     let model = parsed;
     let with_model = Scorer::new(model);
