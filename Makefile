@@ -13,7 +13,10 @@ CARGO ?= cargo
 PROFILE := --release
 WEIR := $(CARGO_TARGET_DIR)/release/weir
 
-.PHONY: all setup build plugins run test check bench clean-data
+.PHONY: all setup build plugins run test check bench clean-data spam-model spam-report
+
+# The labelled corpus the shipped spam model is trained and measured on.
+SPAM_CORPUS ?= ../shared/corpus/spamassassin
 
 all: build
 
@@ -28,6 +31,15 @@ plugins: setup
 	$(CARGO) build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
 	@mkdir -p plugins/build
 	@cp $(CARGO_TARGET_DIR)/wasm32-wasip2/release/*.wasm plugins/build/
+	@cp plugins/spam-score/model/spamassassin.model plugins/build/spam-score.model
+
+# Retrain the shipped spam model on the whole corpus.
+spam-model: build
+	$(WEIR) spam train --ham $(SPAM_CORPUS)/ham --spam $(SPAM_CORPUS)/spam -o plugins/spam-score/model/spamassassin.model
+
+# Spam recall and ham false positives on a seeded 80/20 split, as a table.
+spam-report: build
+	$(WEIR) spam eval --seed 42 --ham $(SPAM_CORPUS)/ham --spam $(SPAM_CORPUS)/spam
 
 run: build
 	$(WEIR) serve

@@ -123,6 +123,9 @@ fn embedded_default_runs_with_overrides() {
     };
     assert!(delivered.contains(&format!("id {id}")), "{delivered}");
     assert!(delivered.starts_with("Return-Path: <someone@example.org>\nDelivered-To: postmaster@localhost\n"), "{delivered}");
+    // spam-score marks (and only marks) inbound mail: this one lacks a Date,
+    // a Message-ID and a From, and the classifier knows nothing of it.
+    assert!(delivered.contains("X-Spam-Status: No, score=") && delivered.contains("MISSING_DATE"), "{delivered}");
     // `weir queue list` finds the queue the same way (./data), while the server runs.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -297,6 +297,28 @@ fn policy_check_reports_each_kind_of_bad_policy_with_a_location() {
     let (code, err) = check(&good.replace("pipeline: p", "pipeline: q"));
     assert_eq!(code, 3);
     assert!(err.contains("listeners.mx.pipeline: no pipeline named \"q\""), "{err}");
+
+    // Data files (grant: files): read at load, reported at the plugin.
+    let model = repo_root().join("plugins/spam-score/model/spamassassin.model");
+    let spam = format!(
+        "{base}plugins:\n  spam:\n    path: {}\n    grants: [config, body, files, headers, symbols, tags]\n    files: {{model: {}}}\npipelines:\n  p:\n    data: [{{plugin: spam}}]\n",
+        plugin("spam_score"),
+        model.display()
+    );
+    let (code, err) = check(&spam);
+    assert_eq!(code, 0, "{err}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (spam.replace(&model.display().to_string(), "/nonexistent/spam.model"), "FILE:7:", "cannot read spam's file model (/nonexistent/spam.model)"),
+        (spam.replace("grants: [config, body, files,", "grants: [config, body,"), "FILE:7:", "imports the `files` capability"),
+        // Files for a plugin that may not read them.
+        (good.replace("    grants: [body, kv, headers, tags]", "    grants: [body, kv, headers, tags]\n    files: {list: /etc/hostname}"), "FILE:7:", "declares files: but is not granted `files`"),
+        (spam.replace("    files: {model: ", "    filez: {model: "), "FILE:", "unknown field `filez`"),
+    ];
+    for (text, loc, words) in cases {
+        let (code, err) = check(&text);
+        assert_eq!(code, 3, "{text}\n{err}");
+        assert!(err.contains(loc) && err.contains(words), "expected {loc} and {words:?} in {err}");
+    }
 }
 
 #[test]
