@@ -28,7 +28,7 @@ build: setup plugins
 
 # Every plugin in the repo, as WebAssembly components (wasm32-wasip2).
 plugins: setup
-	$(CARGO) build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
+	cd plugins && $(CARGO) build --target wasm32-wasip2 --release
 	@mkdir -p plugins/build
 	@cp $(CARGO_TARGET_DIR)/wasm32-wasip2/release/*.wasm plugins/build/
 	@cp plugins/spam-score/model/spamassassin.model plugins/build/spam-score.model

@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             limits: PluginLimits::default(),
             config: None,
             circuit_breaker: Default::default(),
+            files: Default::default(),
         };
         let plugin = runtime.load("noop", &decl, std::path::Path::new("/"), &services).await.unwrap();
         (runtime, services, plugin)
