@@ -4,6 +4,7 @@
 //! a message scores and why (`score`). The analysis, rules and classifier
 //! are the `weir-spam` crate's, the same code the plugin runs.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -67,6 +68,13 @@ pub enum SpamCommand {
     },
 }
 
+/// println! that gives up quietly when stdout is gone (`weir spam score ... | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(cmd: SpamCommand) -> Result<()> {
     match cmd {
         SpamCommand::Train { ham, spam, output, min_messages } => {
@@ -85,7 +93,7 @@ pub fn run(cmd: SpamCommand) -> Result<()> {
             let tmp = output.with_extension("tmp");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
-            println!("trained on {h} ham and {s} spam: {} tokens, {} octets, written to {}", model.len(), bytes.len(), output.display());
+            out!("trained on {h} ham and {s} spam: {} tokens, {} octets, written to {}", model.len(), bytes.len(), output.display());
             Ok(())
         }
         SpamCommand::Eval { ham, spam, seed, train_fraction, threshold, bayes_cutoff, show_errors, min_messages, model_out } => {
@@ -94,18 +102,18 @@ pub fn run(cmd: SpamCommand) -> Result<()> {
             }
             let settings = eval::Settings { seed, train_fraction, threshold, bayes_cutoff, min_messages };
             let report = eval::evaluate(read_corpus(&ham)?, read_corpus(&spam)?, settings);
-            print!("{}", report.table());
+            let _ = write!(std::io::stdout(), "{}", report.table());
             if let Some(p) = model_out {
                 std::fs::write(&p, &report.model).with_context(|| format!("writing {}", p.display()))?;
             }
             if show_errors {
                 for r in &report.rows {
-                    println!("\n{}:", r.method);
+                    out!("\n{}:", r.method);
                     for (f, v) in &r.false_positives {
-                        println!("  false positive: {f} ({v:.3})");
+                        out!("  false positive: {f} ({v:.3})");
                     }
                     for (f, v) in &r.missed {
-                        println!("  missed spam:    {f} ({v:.3})");
+                        out!("  missed spam:    {f} ({v:.3})");
                     }
                 }
             }
@@ -122,9 +130,9 @@ pub fn run(cmd: SpamCommand) -> Result<()> {
                 let raw = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
                 let s = scorer.score(&analyze(&raw), &[]);
                 let bayes = s.bayes.map(|p| format!(" bayes={p:.4}")).unwrap_or_default();
-                println!("{}: score={:.2}{bayes} tests={}", f.display(), s.score, s.tests());
+                out!("{}: score={:.2}{bayes} tests={}", f.display(), s.score, s.tests());
                 for (t, p) in s.clues.iter().take(10) {
-                    println!("    {p:.3} {t}");
+                    out!("    {p:.3} {t}");
                 }
             }
             Ok(())

@@ -1,6 +1,7 @@
 //! The host capabilities a plugin may be granted: log, config, clock, kv,
-//! dns, body, files and mail-auth (its machinery is in `mail_auth`). Each checks its grant first; an ungranted call traps,
-//! which ends the call with a "refused" fault and the step's on_error.
+//! dns, body, files and mail-auth (its machinery is in `mail_auth`). Each
+//! checks its grant first; an ungranted call traps, which ends the call
+//! with a "refused" fault and the step's on_error.
 
 use std::time::Duration;
 

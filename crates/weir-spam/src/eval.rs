@@ -30,9 +30,12 @@ impl SplitMix {
     }
 }
 
+/// Items with names.
+pub type Named<T> = Vec<(String, T)>;
+
 /// Splits `items` (sorted by name first, so directory order does not
 /// matter) into (train, test) with `train_fraction` in train.
-pub fn split<T>(mut items: Vec<(String, T)>, seed: u64, train_fraction: f64) -> (Vec<(String, T)>, Vec<(String, T)>) {
+pub fn split<T>(mut items: Named<T>, seed: u64, train_fraction: f64) -> (Named<T>, Named<T>) {
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rng = SplitMix(seed);
     for i in (1..items.len()).rev() {
