@@ -315,7 +315,14 @@ fn html_facts(html: &str, a: &mut Analysis, tokens: &mut TokenSet) {
             url_host(v)
         });
         let text_start = start + close + 1;
-        let text_end = lower[text_start..].find("</a").map(|e| text_start + e).unwrap_or(lower.len().min(text_start + 500));
+        let text_end = lower[text_start..].find("</a").map(|e| text_start + e).unwrap_or_else(|| {
+            // No closing tag: at most 500 octets, on a character boundary.
+            let mut e = lower.len().min(text_start + 500);
+            while !lower.is_char_boundary(e) {
+                e -= 1;
+            }
+            e
+        });
         let anchor = mail_parser::decoders::html::html_to_text(&html[text_start..text_end]);
         let anchor = anchor.trim().to_ascii_lowercase();
         let shown_host = shown_host(&anchor);
@@ -389,6 +396,18 @@ mod tests {
         let a = analyze(b"From someone@example.com  Thu Aug 22 13:17:22 2002\nSubject: hi there\nDate: Thu, 22 Aug 2002 13:17:22 +0000\n\nbody words\n");
         assert!(a.has_date);
         assert_eq!(a.subject.as_deref(), Some("hi there"));
+    }
+
+    #[test]
+    fn an_unclosed_link_before_multibyte_text_does_not_split_a_character() {
+        let html = format!("<a href=\"http://x.example/\">{}", "é".repeat(400));
+        let m = format!("Subject: t\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n");
+        for pad in 0..3 {
+            let a = analyze(format!("{}{m}", "X-Pad: ".to_string() + &"a".repeat(pad) + "\r\n").as_bytes());
+            assert_eq!(a.links.len(), 1);
+        }
+        let a = analyze(format!("Subject: t\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<a href=x>a{}\r\n", "é".repeat(400)).as_bytes());
+        assert_eq!(a.links.len(), 1);
     }
 
     #[test]
