@@ -316,12 +316,8 @@ pub enum Priority {
 impl Priority {
     /// "transactional", "normal" or "bulk" (any case).
     pub fn from_name(s: &str) -> Option<Priority> {
-        match s.to_ascii_lowercase().as_str() {
-            "transactional" => Some(Priority::Transactional),
-            "normal" => Some(Priority::Normal),
-            "bulk" => Some(Priority::Bulk),
-            _ => None,
-        }
+        // The same names the configuration's serde form accepts.
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).ok()
     }
 
     pub fn index(self) -> u8 {

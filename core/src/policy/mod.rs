@@ -67,6 +67,7 @@ struct PreparedStep {
     verdicts: [metrics::Counter; 7],
 }
 
+/// Verdict names, in `verdict_index` order (metric labels and the trail).
 const VERDICTS: [&str; 7] = ["continue", "accept", "reject", "tempfail", "discard", "quarantine", "disconnect"];
 
 fn verdict_index(v: &wit::Verdict) -> usize {
@@ -280,18 +281,6 @@ fn when_holds(w: &When, stage: StageName, ctx: &wit::Context) -> bool {
     true
 }
 
-fn verdict_name(v: &wit::Verdict) -> &'static str {
-    match v {
-        wit::Verdict::Continue => "continue",
-        wit::Verdict::Accept => "accept",
-        wit::Verdict::Reject(_) => "reject",
-        wit::Verdict::Tempfail(_) => "tempfail",
-        wit::Verdict::Discard => "discard",
-        wit::Verdict::Quarantine(_) => "quarantine",
-        wit::Verdict::Disconnect(_) => "disconnect",
-    }
-}
-
 /// The grant a change needs.
 fn change_grant(c: &wit::Change) -> Grant {
     match c {
@@ -406,8 +395,9 @@ impl SessionPolicy {
             };
             match r {
                 Ok(d) => {
-                    let v = verdict_name(&d.verdict);
-                    step.verdicts[verdict_index(&d.verdict)].increment(1);
+                    let i = verdict_index(&d.verdict);
+                    let v = VERDICTS[i];
+                    step.verdicts[i].increment(1);
                     record.verdict = v.to_string();
                     record.reason = d.reason.clone();
                     out.trail.push(record);

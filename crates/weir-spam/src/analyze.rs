@@ -46,6 +46,8 @@ pub struct Analysis {
     /// Octets of decoded text (HTML converted to text).
     pub text_len: usize,
     pub links: Vec<Link>,
+    /// An HTML form or script.
+    pub html_form: bool,
     /// Hosts of every http(s) URL in the text parts and hrefs.
     pub url_hosts: Vec<String>,
     pub gtube: bool,
@@ -154,7 +156,7 @@ pub fn analyze(raw: &[u8]) -> Analysis {
                 a.text_len += t.len();
                 a.gtube |= t.contains(GTUBE);
                 tokens.words(t, "");
-                url_hosts(t, &mut a.url_hosts, &mut tokens);
+                url_hosts(&t.to_ascii_lowercase(), &mut a.url_hosts, &mut tokens);
             }
             PartType::Html(h) => {
                 a.has_html_part = true;
@@ -272,9 +274,9 @@ fn url_host(url: &str) -> Option<String> {
 }
 
 /// Hosts of every http(s) URL in a text.
-/// Hosts of every http(s) URL in a text, and tokens of their paths.
-fn url_hosts(text: &str, out: &mut Vec<String>, tokens: &mut TokenSet) {
-    let lower = text.to_ascii_lowercase();
+/// Hosts of every http(s) URL in a text (already ASCII lower-cased), and
+/// tokens of their paths.
+fn url_hosts(lower: &str, out: &mut Vec<String>, tokens: &mut TokenSet) {
     for (i, _) in lower.match_indices("http") {
         if let Some(h) = url_host(&lower[i..]) {
             let rest = &lower[i..];
@@ -300,6 +302,7 @@ fn html_facts(html: &str, a: &mut Analysis, tokens: &mut TokenSet) {
         let name: String = lower[i + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '/' || *c == '!').take(12).collect();
         let name = name.trim_start_matches('/');
         if !name.is_empty() {
+            a.html_form |= name == "form" || name == "script";
             tokens.add(format!("html:{name}"));
         }
     }

@@ -155,8 +155,7 @@ pub fn evaluate(ham: Vec<Sample>, spam: Vec<Sample>, settings: Settings) -> Repo
         trainer.add(&a.tokens, true);
     }
     let bytes = trainer.to_bytes(min_messages);
-    let parsed = Model::parse(&bytes).ok();
-    let model = parsed;
+    let model = Model::parse(&bytes).ok();
     let with_model = Scorer::new(model);
     let rules_only = Scorer::new(None);
     // Each method gives a value and the cut-off at which it calls spam.

@@ -98,7 +98,7 @@ pub const RULES: &[Rule] = &[
         name: "HTML_FORM",
         score: 1.0,
         description: "an HTML form or script in the message",
-        test: |a| a.tokens.iter().any(|t| t == "html:form" || t == "html:script"),
+        test: |a| a.html_form,
     },
     Rule {
         name: "EMPTY_BODY",

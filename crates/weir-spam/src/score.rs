@@ -63,23 +63,24 @@ pub fn is_own_symbol(name: &str) -> bool {
 pub struct Scorer<'m> {
     pub model: Option<Model<'m>>,
     /// Score overrides by symbol (rules, BAYES_* bands, or other plugins'
-    /// symbols); 0 switches a symbol off.
-    pub overrides: HashMap<String, f64>,
+    /// symbols); 0 switches a symbol off. Borrowed: a plugin scores each
+    /// message with its configuration's map as it is.
+    pub overrides: Option<&'m HashMap<String, f64>>,
 }
 
 impl<'m> Scorer<'m> {
     pub fn new(model: Option<Model<'m>>) -> Scorer<'m> {
-        Scorer { model, overrides: HashMap::new() }
+        Scorer { model, overrides: None }
     }
 
     fn points(&self, name: &str, default: f64) -> f64 {
-        self.overrides.get(name).copied().unwrap_or(default)
+        self.overrides.and_then(|o| o.get(name)).copied().unwrap_or(default)
     }
 
     /// Names in `overrides` that are neither a rule nor a band (they may
     /// still be other plugins' symbols).
     pub fn unknown_overrides(&self) -> Vec<&str> {
-        self.overrides.keys().map(String::as_str).filter(|n| !is_own_symbol(n)).collect()
+        self.overrides.into_iter().flat_map(|o| o.keys()).map(String::as_str).filter(|n| !is_own_symbol(n)).collect()
     }
 
     /// Scores an analysed message; `others` are earlier plugins' symbols.
@@ -121,6 +122,7 @@ mod tests {
             t.add(&["subject:minutes".to_string(), "agenda".into()], false);
         }
         let bytes = t.to_bytes(1);
+        let overrides = HashMap::from([("MISSING_FROM".to_string(), 0.0), ("DNSBL_ZEN".to_string(), 1.0)]);
         let model = Model::parse(&bytes).unwrap();
         let mut s = Scorer::new(Some(model));
         let m = analyze(b"Subject: WINNER WINNER WINNER\r\n\r\nclaim your prize\r\n");
@@ -130,8 +132,7 @@ mod tests {
         assert_eq!(names, ["MISSING_DATE", "MISSING_MESSAGE_ID", "MISSING_FROM", "SUBJ_ALL_CAPS", "BAYES_99", "DNSBL_ZEN"]);
         assert!((got.score - (1.0 + 1.0 + 1.5 + 1.5 + b99 + 3.0)).abs() < 1e-9, "{got:?}");
         // Overrides change points; 0 switches a rule off.
-        s.overrides.insert("MISSING_FROM".into(), 0.0);
-        s.overrides.insert("DNSBL_ZEN".into(), 1.0);
+        s.overrides = Some(&overrides);
         let got = s.score(&m, &[("DNSBL_ZEN".into(), 3.0)]);
         assert!((got.score - (1.0 + 1.0 + 1.5 + b99 + 1.0)).abs() < 1e-9, "{got:?}");
         assert_eq!(got.tests(), format!("MISSING_DATE=1,MISSING_MESSAGE_ID=1,SUBJ_ALL_CAPS=1.5,BAYES_99={b99},DNSBL_ZEN=1"));

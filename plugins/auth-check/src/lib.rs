@@ -65,17 +65,24 @@ fn spf_symbol(r: AuthResult) -> Option<&'static str> {
     }
 }
 
+/// The configuration, unless it is broken (451) or the client is in
+/// `skip_networks` (not checked): what both stages begin with.
+fn checked<'a>(slot: &'a mut Option<Result<Config, String>>, ctx: &Context) -> Result<&'a Config, Decision> {
+    let config = host::cached_config(slot).map_err(|e| Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e))?;
+    if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
+        return Err(Decision::next().because("client in skip_networks"));
+    }
+    Ok(config)
+}
+
 impl Plugin for AuthCheck {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::Data];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let config = match host::cached_config(&mut self.config) {
+        let config = match checked(&mut self.config, ctx) {
             Ok(c) => c,
-            Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
+            Err(d) => return d,
         };
-        if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
-            return Decision::next().because("client in skip_networks");
-        }
         let sender = ctx.envelope.sender.clone().unwrap_or_default();
         let helo = ctx.connection.helo.clone().unwrap_or_default();
         let spf = match mail_auth::spf(&ctx.connection.remote_ip, &helo, &sender) {
@@ -102,13 +109,10 @@ impl Plugin for AuthCheck {
     }
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match host::cached_config(&mut self.config) {
+        let config = match checked(&mut self.config, ctx) {
             Ok(c) => c,
-            Err(e) => return Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e),
+            Err(d) => return d,
         };
-        if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
-            return Decision::next().because("client in skip_networks");
-        }
         let checks = MessageChecks {
             remote_ip: ctx.connection.remote_ip.clone(),
             helo: ctx.connection.helo.clone().unwrap_or_default(),

@@ -83,7 +83,7 @@ impl Plugin for SpamScore {
 
     fn data(&mut self, ctx: &Context) -> Decision {
         let config = match host::cached_config(&mut self.config) {
-            Ok(c) => c.clone(),
+            Ok(c) => c,
             Err(e) => return Decision::next().because(format!("spam-score config: {e}")),
         };
         if config.skip_authenticated && ctx.connection.auth_user.is_some() {
@@ -112,7 +112,7 @@ impl Plugin for SpamScore {
             }
         };
         let mut scorer = Scorer::new(model);
-        scorer.overrides = config.scores.clone();
+        scorer.overrides = Some(&config.scores);
         let analysis = analyze(&host::body::read_all());
         let scored = scorer.score(&analysis, &ctx.symbols);
         let score = round(scored.score);
