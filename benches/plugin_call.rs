@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use weir::plugin::{wit, HostServices, Instance, Runtime, RuntimeConfig};
+use weir::plugin::{wit, Context, Envelope, HostServices, Instance, Runtime, RuntimeConfig};
 use weir::policy::types::{Grant, PluginDecl, PluginLimits, PluginPath};
 
 fn noop_path() -> std::path::PathBuf {
@@ -19,8 +19,8 @@ fn noop_path() -> std::path::PathBuf {
     target.join("wasm32-wasip2/release/test_noop.wasm")
 }
 
-fn ctx() -> wit::Context {
-    wit::Context {
+fn ctx() -> Context {
+    Context {
         stage: wit::Stage::RcptTo,
         connection: wit::Connection {
             remote_ip: "192.0.2.1".into(),
@@ -33,7 +33,7 @@ fn ctx() -> wit::Context {
             helo: Some("client.example".into()),
             auth_user: None,
         },
-        envelope: wit::Envelope {
+        envelope: Envelope {
             sender: Some("alice@example.net".into()),
             sender_params: vec![],
             recipients: vec!["bob@example.org".into()],
@@ -43,7 +43,7 @@ fn ctx() -> wit::Context {
         tags: vec![],
         symbols: vec![],
         size: 0,
-        headers: vec![],
+        headers: None,
     }
 }
 
@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
             config: None,
             circuit_breaker: Default::default(),
             files: Default::default(),
+            reuse_instances: true,
         };
         let plugin = runtime.load("noop", &decl, std::path::Path::new("/"), &services).await.unwrap();
         (runtime, services, plugin)
@@ -78,7 +79,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let d = inst.on_stage(&context, String::new(), None).await.unwrap();
+                    let d = inst.on_stage(&context, Instant::now(), 0, std::sync::Arc::from(""), None).await.unwrap();
                     std::hint::black_box(d);
                 }
                 start.elapsed()

@@ -2,7 +2,8 @@
 # Installs what this machine lacks to build and test Weir, and nothing else:
 #  - Debian packages: clang + libclang (RocksDB is built from source and its
 #    bindings need libclang), Postfix (smtp-source/smtp-sink for tests and
-#    the benchmark), swaks, python3 (smtplib), python3-aiosmtpd (an LMTP
+#    the benchmark), swaks with libnet-ssleay-perl (its TLS, only a
+#    "Recommends" of the package), python3 (smtplib), python3-aiosmtpd (an LMTP
 #    server for delivery tests, run with /usr/bin/python3), python3-dkim and
 #    python3-nacl (an independent DKIM verifier, RSA and Ed25519), openssl
 #    (test signing keys), dnsmasq-base
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev postfix swaks python3 python3-aiosmtpd python3-dkim python3-nacl openssl dnsmasq-base; do
+for pkg in clang libclang-dev postfix swaks libnet-ssleay-perl python3 python3-aiosmtpd python3-dkim python3-nacl openssl dnsmasq-base; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     need+=("$pkg")
   fi

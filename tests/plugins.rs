@@ -399,3 +399,79 @@ fn policy_test_runs_fixtures_through_the_real_plugins() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL") && text.contains("mail_from: expected continue, got reject 553"), "{text}");
 }
+
+/// Instances are kept between sessions, but a plugin's per-session state
+/// starts afresh in each (rcpt's symbols count recipients per session);
+/// with `reuse_instances: false` every session gets a new instance. Each
+/// step sees its own config even when the instance parsed another step's
+/// first (conn denies HELO names only in its helo step's config).
+#[test]
+fn instances_serve_later_sessions_with_fresh_state_and_each_step_its_config() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  reuse:
+    bind: 127.0.0.1:{{port:reuse}}
+    tls: none
+    pipeline: p_reuse
+  fresh:
+    bind: 127.0.0.1:{{port:fresh}}
+    tls: none
+    pipeline: p_fresh
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+plugins:
+  conn:
+    path: {conn}
+    grants: [config, tags]
+  rcpt:
+    path: {rcpt}
+    grants: [symbols, route]
+  rcpt_fresh:
+    path: {rcpt}
+    grants: [symbols, route]
+    reuse_instances: false
+pipelines:
+  p_reuse:
+    connect: [{{plugin: conn, config: {{deny_helos: []}}}}]
+    helo: [{{plugin: conn, config: {{deny_helos: [bad.example]}}}}]
+    rcpt_to: [{{plugin: rcpt}}]
+  p_fresh:
+    rcpt_to: [{{plugin: rcpt_fresh}}]
+"#,
+        conn = plugin("test_conn_guard"),
+        rcpt = plugin("test_rcpt_guard"),
+    );
+    let s = Server::start(&cfg);
+    let session = |listener: &str, helo: &str| {
+        let mut c = Smtp::connect(s.port(listener));
+        let r = c.cmd(&format!("EHLO {helo}"));
+        if r.code != 250 {
+            return Err(r.code);
+        }
+        let r = c.send_mail("a@example.org", &["postmaster@localhost", "abuse@localhost"], "Subject: hi\r\n\r\nx");
+        c.cmd("QUIT");
+        // The session gives its instances back as it ends, just after QUIT.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(queued_id(&r))
+    };
+    for listener in ["reuse", "fresh"] {
+        for _ in 0..3 {
+            let id = session(listener, "client.test").expect("accepted");
+            let m = s.queue_show(&id);
+            let symbols: Vec<&str> = m["symbols"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
+            assert_eq!(symbols, vec!["RCPT_1", "RCPT_2"], "{listener}: the count restarts in every session: {m}");
+        }
+    }
+    // The helo step's own config applies, though connect parsed its config first.
+    assert_eq!(session("reuse", "bad.example"), Err(550));
+    let m = s.metrics();
+    let count = |plugin: &str, origin: &str| metric_value(&m, "weir_plugin_instances_total", &[&format!("plugin=\"{plugin}\""), &format!("origin=\"{origin}\"")]);
+    assert!(count("rcpt", "reused") >= 1.0, "sessions one after another reuse the instance:\n{m}");
+    assert_eq!(count("rcpt_fresh", "new"), 3.0, "{m}");
+    assert_eq!(count("rcpt_fresh", "reused"), 0.0, "{m}");
+}

@@ -64,4 +64,12 @@ fn describe() {
     describe_histogram!("weir_queue_sync_batch_size", "Queue writes made durable by one fsync (group commit)");
     describe_histogram!("weir_queue_sync_seconds", Unit::Seconds, "Time to write and sync one queue batch");
     describe_counter!("weir_queue_write_errors_total", "Queue batches that failed to write");
+    describe_histogram!("weir_plugin_call_seconds", Unit::Seconds, "Time of one plugin call, by plugin and stage");
+    describe_counter!("weir_plugin_verdicts_total", "Plugin verdicts, by plugin, stage and verdict");
+    describe_counter!("weir_plugin_faults_total", "Plugin faults (trap, timeout, memory, refused), by plugin and kind");
+    describe_gauge!("weir_plugin_circuit_open", "1 while a plugin is switched off by its circuit breaker");
+    describe_counter!(
+        "weir_plugin_instances_total",
+        "Plugin instances taken up by sessions, by plugin and origin: new (instantiated) or reused (from an earlier session)"
+    );
 }

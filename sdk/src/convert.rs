@@ -31,32 +31,72 @@ fn param(p: w::Param) -> Param {
     Param { name: p.name, value: p.value }
 }
 
-pub fn context_from_wit(c: w::Context) -> Context {
-    Context {
-        stage: stage_from_wit(c.stage),
-        connection: Connection {
-            remote_ip: c.connection.remote_ip,
-            remote_port: c.connection.remote_port,
-            local_addr: c.connection.local_addr,
-            listener: c.connection.listener,
-            tls_version: c.connection.tls_version,
-            tls_cipher: c.connection.tls_cipher,
-            reverse_dns: c.connection.reverse_dns,
-            helo: c.connection.helo,
-            auth_user: c.connection.auth_user,
-        },
-        envelope: Envelope {
-            sender: c.envelope.sender,
-            sender_params: c.envelope.sender_params.into_iter().map(param).collect(),
-            recipients: c.envelope.recipients,
-        },
-        recipient: c.recipient,
-        recipient_params: c.recipient_params.into_iter().map(param).collect(),
-        tags: c.tags,
-        symbols: c.symbols,
-        size: c.size,
-        headers: c.headers.into_iter().map(|h| Header { name: h.name, value: h.value }).collect(),
+fn connection(c: w::Connection) -> Connection {
+    Connection {
+        remote_ip: c.remote_ip,
+        remote_port: c.remote_port,
+        local_addr: c.local_addr,
+        listener: c.listener,
+        tls_version: c.tls_version,
+        tls_cipher: c.tls_cipher,
+        reverse_dns: c.reverse_dns,
+        helo: c.helo,
+        auth_user: c.auth_user,
     }
+}
+
+/// Keeps the first `keep` items and appends `items`.
+fn splice<T>(list: &mut Vec<T>, keep: u32, items: Vec<T>) {
+    list.truncate(keep as usize);
+    list.extend(items);
+}
+
+/// Brings the session's context up to date with what the host told.
+fn apply(c: &mut Context, e: w::Event) {
+    c.stage = stage_from_wit(e.stage);
+    if let Some(conn) = e.connection {
+        c.connection = connection(conn);
+    }
+    if let Some(m) = e.mail_from {
+        c.envelope.sender = m.address;
+        c.envelope.sender_params = m.params.into_iter().map(param).collect();
+    }
+    if let Some(r) = e.recipients {
+        splice(&mut c.envelope.recipients, r.keep, r.items);
+    }
+    c.recipient = e.recipient;
+    c.recipient_params = e.recipient_params.into_iter().map(param).collect();
+    if let Some(t) = e.tags {
+        splice(&mut c.tags, t.keep, t.items);
+    }
+    if let Some(s) = e.symbols {
+        splice(&mut c.symbols, s.keep, s.items);
+    }
+    c.size = e.size;
+    if let Some(h) = e.headers {
+        c.set_header_section(h);
+    }
+}
+
+/// What an exported plugin keeps between calls: the plugin value of the
+/// session in progress and that session's context.
+pub struct Exported<P> {
+    plugin: P,
+    ctx: Context,
+}
+
+/// The body of the exported `on-stage`: a new session starts from a fresh
+/// plugin value and an empty context; the event updates the context; the
+/// stage's method decides.
+pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, e: w::Event) -> w::Decision {
+    let mut slot = slot.borrow_mut();
+    if e.new_session {
+        *slot = None;
+    }
+    let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), ctx: Context::new(Stage::Connect) });
+    crate::host::set_config_id(e.config_id);
+    apply(&mut s.ctx, e);
+    decision_to_wit(dispatch(&mut s.plugin, &s.ctx))
 }
 
 fn reply(r: Reply) -> w::Reply {

@@ -254,12 +254,56 @@ pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("plugin config: {e}"))
 }
 
-/// The plugin's `config:` block, deserialised on first use and kept in
-/// `slot`, so that an instance (one SMTP session) reads it once (grant:
-/// `config`). A plugin keeps the slot as a field:
-/// `config: Option<Result<Config, String>>`.
-pub fn cached_config<T: serde::de::DeserializeOwned>(slot: &mut Option<Result<T, String>>) -> Result<&T, String> {
-    slot.get_or_insert_with(config::<T>).as_ref().map_err(Clone::clone)
+thread_local! {
+    /// The `config-id` of the call in progress.
+    static CONFIG_ID: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    /// Parsed configs by (config id, type), for the life of the instance.
+    static CONFIGS: core::cell::RefCell<Vec<(u32, core::any::TypeId, Rc<dyn core::any::Any>)>> = const { core::cell::RefCell::new(Vec::new()) };
+    /// Data files read through `files::cached`, for the life of the instance.
+    static FILES: core::cell::RefCell<Vec<(String, Result<Rc<Vec<u8>>, String>)>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+use std::rc::Rc;
+
+/// Which step's config the call in progress runs with (set by the export
+/// glue from the event, and by the harness).
+#[doc(hidden)]
+pub fn set_config_id(id: u32) {
+    CONFIG_ID.with(|c| c.set(id));
+}
+
+/// Forgets the cached configs and files, as a new instance would have none
+/// (the harness calls it before each run).
+#[doc(hidden)]
+pub fn forget_cached() {
+    CONFIGS.with(|c| c.borrow_mut().clear());
+    FILES.with(|f| f.borrow_mut().clear());
+}
+
+/// The step's `config:` block, deserialised the first time the instance
+/// meets that step's config and kept for the instance's life (grant:
+/// `config`). Each step of a pipeline may give the plugin its own config;
+/// the host names them, so this always answers with the config of the step
+/// being run, parsed once rather than once per session or call.
+pub fn cached_config<T: serde::de::DeserializeOwned + 'static>() -> Result<Rc<T>, String> {
+    prepared_config(config::<T>)
+}
+
+/// Something built from the step's config — a parsed config with its
+/// networks and patterns compiled, say — built by `build` the first time
+/// the instance meets that step's config, and kept for the instance's life
+/// like [`cached_config`]. An error is kept too: a broken config stays
+/// broken until the policy is reloaded.
+pub fn prepared_config<T: 'static>(build: impl FnOnce() -> Result<T, String>) -> Result<Rc<T>, String> {
+    let id = CONFIG_ID.with(|c| c.get());
+    let ty = core::any::TypeId::of::<T>();
+    let hit = CONFIGS.with(|c| c.borrow().iter().find(|(i, t, _)| *i == id && *t == ty).map(|(_, _, v)| v.clone()));
+    if let Some(r) = hit.as_deref().and_then(|v| v.downcast_ref::<Result<Rc<T>, String>>()) {
+        return r.clone();
+    }
+    let built: Result<Rc<T>, String> = build().map(Rc::new);
+    CONFIGS.with(|c| c.borrow_mut().push((id, ty, Rc::new(built.clone()))));
+    built
 }
 
 /// Milliseconds since the Unix epoch (grant: `clock`).
@@ -309,15 +353,22 @@ pub mod body {
         super::imp::body_read(offset, len)
     }
 
-    /// The whole message, read in 64 KiB chunks.
+    /// The whole message, in as few calls as the host allows (1 MiB each;
+    /// a short read is the end).
     pub fn read_all() -> Vec<u8> {
+        const CHUNK: u32 = 1 << 20;
         let mut out = Vec::new();
         loop {
-            let chunk = read(out.len() as u64, 64 * 1024);
-            if chunk.is_empty() {
+            let chunk = read(out.len() as u64, CHUNK);
+            let end = chunk.len() < CHUNK as usize;
+            if out.is_empty() {
+                out = chunk;
+            } else {
+                out.extend_from_slice(&chunk);
+            }
+            if end {
                 return out;
             }
-            out.extend_from_slice(&chunk);
         }
     }
 }
@@ -326,9 +377,23 @@ pub mod body {
 /// `files`), read by the host when the policy loads. In native tests they
 /// come from [`crate::testing::Harness::file`].
 pub mod files {
+    use std::rc::Rc;
+
     /// The whole file declared under `name`.
     pub fn read(name: &str) -> Result<Vec<u8>, String> {
         super::imp::file_read(name)
+    }
+
+    /// The whole file declared under `name`, read once per instance and
+    /// kept: an instance's files never change (a reload makes new
+    /// instances), so a model need not be copied into every session.
+    pub fn cached(name: &str) -> Result<Rc<Vec<u8>>, String> {
+        if let Some(hit) = super::FILES.with(|f| f.borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())) {
+            return hit;
+        }
+        let read = read(name).map(Rc::new);
+        super::FILES.with(|f| f.borrow_mut().push((name.to_string(), read.clone())));
+        read
     }
 }
 

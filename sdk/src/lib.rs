@@ -4,8 +4,13 @@
 //! each defaulting to "continue") exported with [`export_plugin!`]. It
 //! builds with `cargo build --target wasm32-wasip2 --release` into a
 //! WebAssembly component of the `weir:plugin` world (see `sdk/wit/`).
-//! One instance lives per SMTP session, so fields of the plugin type are
-//! per-session state.
+//!
+//! A value of the plugin type lives for one SMTP session, so its fields are
+//! per-session state: every session starts from `Default::default()`. The
+//! WebAssembly instance around it may serve several sessions in turn (one at
+//! a time), so statics and thread-locals outlive a session: keep only
+//! session-independent things there, such as a parsed configuration
+//! ([`host::cached_config`]) or a data file ([`host::files::cached`]).
 //!
 //! Host capabilities are in [`host`]: they call the server when running in
 //! Weir, and the [`testing::Harness`] when the plugin's tests run natively.
@@ -88,16 +93,14 @@ macro_rules! export_plugin {
             use $crate::bindings::weir::plugin::types as wit;
             struct Exported;
             thread_local! {
-                static INSTANCE: ::core::cell::RefCell<$ty> = ::core::cell::RefCell::new(<$ty as ::core::default::Default>::default());
+                static STATE: ::core::cell::RefCell<Option<$crate::convert::Exported<$ty>>> = const { ::core::cell::RefCell::new(None) };
             }
             impl $crate::bindings::Guest for Exported {
                 fn handles() -> Vec<wit::Stage> {
                     <$ty as $crate::Plugin>::STAGES.iter().map(|s| $crate::convert::stage_to_wit(*s)).collect()
                 }
-                fn on_stage(ctx: wit::Context) -> wit::Decision {
-                    let ctx = $crate::convert::context_from_wit(ctx);
-                    let d = INSTANCE.with(|p| $crate::dispatch(&mut *p.borrow_mut(), &ctx));
-                    $crate::convert::decision_to_wit(d)
+                fn on_stage(e: wit::Event) -> wit::Decision {
+                    STATE.with(|s| $crate::convert::on_stage::<$ty>(s, e))
                 }
             }
             $crate::bindings::__export_world!(Exported with_types_in $crate::bindings);

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::host::Level;
-use crate::{dispatch, Change, Connection, Context, Decision, Envelope, Header, Plugin, Stage, Verdict};
+use crate::{dispatch, Change, Connection, Context, Decision, Header, Plugin, Stage, Verdict};
 
 /// What the capabilities answer during a native test.
 #[derive(Debug, Default, Clone)]
@@ -132,20 +132,13 @@ pub struct Harness {
 
 /// Headers of a raw message (unfolded), as the server gives them to plugins.
 pub fn parse_headers(message: &[u8]) -> Vec<Header> {
-    let text = String::from_utf8_lossy(message);
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let mut out: Vec<Header> = Vec::new();
-    for line in head.split("\r\n") {
-        if line.starts_with(' ') || line.starts_with('\t') {
-            if let Some(last) = out.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(line.trim());
-            }
-        } else if let Some((n, v)) = line.split_once(':') {
-            out.push(Header { name: n.trim().to_string(), value: v.trim().to_string() });
-        }
-    }
-    out
+    crate::parse_headers(&header_section(message))
+}
+
+/// The header section of a raw message, as the server hands it to plugins.
+fn header_section(message: &[u8]) -> String {
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(message.len());
+    String::from_utf8_lossy(&message[..end]).into_owned()
 }
 
 impl Harness {
@@ -224,19 +217,15 @@ impl Harness {
     /// later stages see them.
     pub fn run<P: Plugin>(&mut self, t: &Transcript) -> Vec<StepResult> {
         HOST.with(|h| *h.borrow_mut() = self.state.clone());
+        // As a new instance: no config or file cached from an earlier run.
+        crate::host::forget_cached();
+        crate::host::set_config_id(0);
         let mut plugin = P::default();
         let mut out = Vec::new();
-        let mut ctx = Context {
-            stage: Stage::Connect,
-            connection: t.connection.clone(),
-            envelope: Envelope::default(),
-            recipient: None,
-            recipient_params: Vec::new(),
-            tags: self.tags.clone(),
-            symbols: self.symbols.clone(),
-            size: 0,
-            headers: Vec::new(),
-        };
+        let mut ctx = Context::new(Stage::Connect);
+        ctx.connection = t.connection.clone();
+        ctx.tags = self.tags.clone();
+        ctx.symbols = self.symbols.clone();
         let call = |ctx: &mut Context, stage: Stage, plugin: &mut P| -> Decision {
             ctx.stage = stage;
             let d = if P::STAGES.contains(&stage) { dispatch(plugin, ctx) } else { Decision::next() };
@@ -275,7 +264,7 @@ impl Harness {
                     Step::Data(m) => {
                         ctx.recipient = None;
                         ctx.size = m.len() as u64;
-                        ctx.headers = parse_headers(m);
+                        ctx.set_header_section(header_section(m));
                         HOST.with(|h| h.borrow_mut().body = m.clone());
                         (Stage::Data, None)
                     }

@@ -49,7 +49,10 @@ pub struct Header {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a stage sees: the connection, the envelope, at rcpt-to the
+/// recipient being decided, the tags and symbols earlier steps set, and at
+/// data and route the message's size and headers.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Context {
     pub stage: Stage,
     pub connection: Connection,
@@ -59,13 +62,57 @@ pub struct Context {
     pub tags: Vec<(String, String)>,
     pub symbols: Vec<(String, f64)>,
     pub size: u64,
-    pub headers: Vec<Header>,
+    /// The header section as the message holds it (empty outside data and route).
+    header_section: String,
+    /// Its fields, parsed when first asked for.
+    headers: std::cell::OnceCell<Vec<Header>>,
 }
 
 impl Context {
-    /// The first header of that name (case-insensitive).
+    /// A session's context before anything is known: what a plugin sees
+    /// grows from here as the host tells it what happened.
+    pub fn new(stage: Stage) -> Context {
+        Context {
+            stage,
+            connection: Connection::default(),
+            envelope: Envelope::default(),
+            recipient: None,
+            recipient_params: Vec::new(),
+            tags: Vec::new(),
+            symbols: Vec::new(),
+            size: 0,
+            header_section: String::new(),
+            headers: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Sets the message's header section (every field up to the empty line).
+    pub fn set_header_section(&mut self, section: String) {
+        self.header_section = section;
+        self.headers = std::cell::OnceCell::new();
+    }
+
+    /// The message's header section as it holds it: folded, CRLF line ends.
+    pub fn header_section(&self) -> &str {
+        &self.header_section
+    }
+
+    /// The message's header fields, unfolded, in order (empty outside data
+    /// and route).
+    pub fn headers(&self) -> &[Header] {
+        self.headers.get_or_init(|| parse_headers(&self.header_section))
+    }
+
+    /// The first header of that name (case-insensitive), unfolded.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+        if self.headers.get().is_none() {
+            // Most values are one line of single-spaced words: those are
+            // found in the section as they stand, with no parse.
+            if let Ok(v) = find_plain_header(&self.header_section, name) {
+                return v;
+            }
+        }
+        self.headers()
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
@@ -78,6 +125,103 @@ impl Context {
     /// Sum of the score symbols so far.
     pub fn score(&self) -> f64 {
         self.symbols.iter().map(|(_, s)| s).sum()
+    }
+}
+
+/// The fields of a header section, unfolded: a folded value becomes one
+/// line, and runs of white space in it one space. Lines without a field
+/// name (and what is folded under them) are left out; an empty line ends
+/// the section. Weir checks plugins' fixtures (`weir policy test`) with the
+/// same rules.
+pub fn parse_headers(section: &str) -> Vec<Header> {
+    let mut out: Vec<Header> = Vec::new();
+    // Whether a field has begun, and whether it is kept (has a name).
+    let (mut begun, mut kept) = (false, false);
+    for line in section.split_inclusive('\n') {
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        if begun && (line.starts_with(' ') || line.starts_with('\t')) {
+            if let (true, Some(h)) = (kept, out.last_mut()) {
+                push_words(&mut h.value, line);
+            }
+            continue;
+        }
+        begun = true;
+        kept = false;
+        if let Some(colon) = line.bytes().position(|b| b == b':') {
+            let name = line[..colon].trim();
+            if !name.is_empty() {
+                let mut value = String::with_capacity(line.len() - colon);
+                push_words(&mut value, &line[colon + 1..]);
+                out.push(Header { name: name.to_string(), value });
+                kept = true;
+            }
+        }
+    }
+    out
+}
+
+/// The first field named `name` in a header section, when its value reads
+/// the same unfolded (one line, ASCII words single-spaced): what
+/// [`parse_headers`] would make of it, found without building every field.
+/// Err: the value must be unfolded, so ask the parse.
+fn find_plain_header<'a>(section: &'a str, name: &str) -> Result<Option<&'a str>, ()> {
+    let mut begun = false;
+    let mut lines = section.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        if begun && (line.starts_with(' ') || line.starts_with('\t')) {
+            continue;
+        }
+        begun = true;
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !field.trim().eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let folded = lines.peek().is_some_and(|next| next.starts_with(' ') || next.starts_with('\t'));
+        let v = value.trim();
+        let plain = v.is_ascii() && !v.contains("  ") && !v.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c'));
+        return if folded || !plain { Err(()) } else { Ok(Some(v)) };
+    }
+    Ok(None)
+}
+
+/// Appends the words of `raw` to `value`, one space between words.
+fn push_words(value: &mut String, raw: &str) {
+    if !raw.is_ascii() {
+        for w in raw.split_whitespace() {
+            if !value.is_empty() {
+                value.push(' ');
+            }
+            value.push_str(w);
+        }
+        return;
+    }
+    // ASCII (nearly every header): words found byte by byte, copied whole.
+    // The white space is what `split_whitespace` splits ASCII on.
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c');
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && is_space(bytes[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && !is_space(bytes[i]) {
+            i += 1;
+        }
+        if i > start {
+            if !value.is_empty() {
+                value.push(' ');
+            }
+            // ASCII throughout, so any index is a character boundary.
+            value.push_str(&raw[start..i]);
+        }
     }
 }
 
@@ -164,5 +308,39 @@ impl Decision {
     pub fn with(mut self, change: Change) -> Decision {
         self.changes.push(change);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_unfold_as_the_server_shows_them() {
+        let h = parse_headers("Received: from x\r\n\tby y;  Mon\r\nno colon here\r\n folded under it\r\n: no name\r\nX-Bin: \u{fffd} ok\r\nTo:\r\nX-Tabs:\t a \t\x0bb \r\n\r\nX-Body: 1\r\n");
+        let got: Vec<(&str, &str)> = h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+        assert_eq!(got, vec![("Received", "from x by y; Mon"), ("X-Bin", "\u{fffd} ok"), ("To", ""), ("X-Tabs", "a b")]);
+        // The ASCII path gives what split_whitespace gives.
+        for raw in ["  a  b ", "\t", "", "a", " x\r\n\ty\r\n", "a\x0cb"] {
+            let mut v = String::new();
+            push_words(&mut v, raw);
+            assert_eq!(v, raw.split_whitespace().collect::<Vec<_>>().join(" "), "{raw:?}");
+        }
+        let mut c = Context::new(Stage::Data);
+        c.set_header_section("Subject: a\r\n b\r\n\r\n".into());
+        assert_eq!(c.header("subject"), Some("a b"));
+        // header() finds plain values without a parse, and agrees with it.
+        let section = "X-Lead: x\r\n\tFrom: folded, not a field\r\nNo colon\r\nFrom : <a@b>\r\nSubject:  two  spaces \r\nTo: x\r\n y\r\nX-U: \u{e9}t\u{e9}\r\nX-Empty:\r\nX-Tab: a\tb\r\n\r\nX-After: no\r\n";
+        let parsed = parse_headers(section);
+        for name in ["from", "FROM", "subject", "to", "x-u", "x-empty", "x-tab", "x-lead", "x-after", "missing", "no colon"] {
+            let expected = parsed.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
+            let mut c = Context::new(Stage::Data);
+            c.set_header_section(section.into());
+            assert_eq!(c.header(name), expected, "{name}");
+        }
+        assert_eq!(find_plain_header(section, "from"), Ok(Some("<a@b>")));
+        assert_eq!(find_plain_header(section, "to"), Err(()), "folded: parsed");
+        c.set_header_section(String::new());
+        assert!(c.headers().is_empty(), "a new section is parsed anew");
     }
 }

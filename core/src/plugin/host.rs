@@ -35,7 +35,7 @@ impl log::Host for PluginState {
 impl config::Host for PluginState {
     async fn get(&mut self) -> Result<String> {
         self.require(Grant::Config)?;
-        Ok(self.config_json.clone())
+        Ok(self.config_json.to_string())
     }
 }
 
@@ -101,27 +101,27 @@ async fn budgeted<T>(budget: Duration, f: impl std::future::Future<Output = Resu
 impl dns::Host for PluginState {
     async fn lookup_a(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
         self.require(Grant::Dns)?;
-        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        let (d, b) = (self.services.dns.clone(), self.wait_budget()?);
         Ok(budgeted(b, async move { d.a(&name).await }).await)
     }
     async fn lookup_aaaa(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
         self.require(Grant::Dns)?;
-        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        let (d, b) = (self.services.dns.clone(), self.wait_budget()?);
         Ok(budgeted(b, async move { d.aaaa(&name).await }).await)
     }
     async fn lookup_mx(&mut self, name: String) -> Result<Result<Vec<(u16, String)>, String>> {
         self.require(Grant::Dns)?;
-        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        let (d, b) = (self.services.dns.clone(), self.wait_budget()?);
         Ok(budgeted(b, async move { d.mx(&name).await }).await)
     }
     async fn lookup_txt(&mut self, name: String) -> Result<Result<Vec<String>, String>> {
         self.require(Grant::Dns)?;
-        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        let (d, b) = (self.services.dns.clone(), self.wait_budget()?);
         Ok(budgeted(b, async move { d.txt(&name).await }).await)
     }
     async fn lookup_ptr(&mut self, ip: String) -> Result<Result<Vec<String>, String>> {
         self.require(Grant::Dns)?;
-        let (d, b) = (self.services.dns.clone(), self.services.dns_budget);
+        let (d, b) = (self.services.dns.clone(), self.wait_budget()?);
         Ok(budgeted(b, async move { d.ptr(&ip).await }).await)
     }
 }
@@ -148,15 +148,17 @@ impl PluginState {
 impl mail_auth::Host for PluginState {
     async fn spf(&mut self, ip: String, helo: String, mail_from: String) -> Result<Result<mail_auth::SpfOutput, String>> {
         self.require(Grant::MailAuth)?;
+        let budget = self.wait_budget()?;
         let s = self.services.clone();
-        Ok(s.mail_auth.spf(&ip, &helo, &mail_from, &s.hostname, s.dns_budget).await)
+        Ok(s.mail_auth.spf(&ip, &helo, &mail_from, &s.hostname, budget).await)
     }
     async fn verify_message(&mut self, checks: mail_auth::MessageChecks) -> Result<Result<mail_auth::MessageAuth, String>> {
         let Some(msg) = self.message()? else {
             return Ok(Err("there is no message before the data stage".into()));
         };
+        let budget = self.wait_budget()?;
         let s = self.services.clone();
-        Ok(s.mail_auth.verify_message(&msg, &checks, s.dns_budget).await)
+        Ok(s.mail_auth.verify_message(&msg, &checks, budget).await)
     }
     async fn dkim_sign(&mut self, request: mail_auth::SignRequest) -> Result<Result<String, String>> {
         let Some(msg) = self.message()? else {

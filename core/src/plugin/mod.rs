@@ -2,20 +2,25 @@
 //! each plugin compiled once at load (compiled artefacts cached on disk by
 //! the file's SHA-256) and pre-linked (`InstancePre`); the pooling
 //! allocator; one instance per plugin per SMTP session, created when first
-//! needed. Every call runs under the plugin's memory cap and time budget
+//! needed, and kept in an [`InstancePool`] after the session for a later
+//! one (the guest is told a new session began and starts afresh; see
+//! `event`). Every call runs under the plugin's memory cap and time budget
 //! (epoch interruption, yielding to other tasks at every tick). A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
 //! only and is reported as a [`Fault`]; too many faults in a window switch
 //! the plugin off (circuit breaker) until the next reload.
 
+pub mod event;
 pub mod host;
 pub mod kv;
 pub mod mail_auth;
 
+pub use event::{Context, Envelope};
+
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
@@ -31,6 +36,8 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit",
     imports: { default: async | trappable },
     exports: { default: async },
+    // Told compares what an instance was told with what is true now.
+    additional_derives: [PartialEq],
 });
 
 pub use weir::plugin::types as wit;
@@ -64,6 +71,8 @@ impl FaultKind {
 pub struct Fault {
     pub kind: FaultKind,
     pub message: String,
+    /// Instantiation failed because the allocator had no slot left.
+    pub pool_exhausted: bool,
 }
 
 /// Services the host capabilities use.
@@ -97,13 +106,17 @@ pub struct PluginState {
     pub(crate) plugin: Arc<LoadedPlugin>,
     pub(crate) services: Arc<HostServices>,
     /// The `config:` of the step being run, as JSON.
-    pub(crate) config_json: String,
+    pub(crate) config_json: Arc<str>,
     /// The message, at data and route.
     pub(crate) body: Option<Arc<Vec<u8>>>,
     memory_cap: usize,
+    /// The guest's memory as it last grew (what a pooled instance keeps).
+    memory_size: usize,
     memory_exceeded: bool,
     pub(crate) refused: Option<&'static str>,
-    call_started: Instant,
+    /// When the call in progress must be over, host waits included (see
+    /// `wait_budget`); guest running time has its own budget below.
+    deadline: Instant,
     /// Epoch ticks (EPOCH_TICK each) of guest execution in the current call:
     /// the time budget counts running time, not time spent waiting for a
     /// busy executor or for a host call.
@@ -127,6 +140,7 @@ impl wasmtime::ResourceLimiter for PluginState {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        self.memory_size = self.memory_size.max(desired);
         Ok(true)
     }
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -135,6 +149,19 @@ impl wasmtime::ResourceLimiter for PluginState {
 }
 
 impl PluginState {
+    /// How long a host call may wait (for a DNS answer, a mail-auth check):
+    /// the DNS budget, but not past the call's deadline. Past it, the call
+    /// ends with a time-out fault — a plugin cannot add up many lookups
+    /// that each stay within their budget into a call without end.
+    pub(crate) fn wait_budget(&mut self) -> wasmtime::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.timed_out = true;
+            return Err(wasmtime::Error::msg("the call went past its deadline waiting for host calls"));
+        }
+        Ok(left.min(self.services.dns_budget))
+    }
+
     /// Checks a grant; a missing one is remembered so the fault is "refused".
     pub(crate) fn require(&mut self, g: Grant) -> wasmtime::Result<()> {
         if self.plugin.grants.contains(&g) {
@@ -159,6 +186,8 @@ pub struct LoadedPlugin {
     pub budget: Duration,
     pub default_config: Option<serde_json::Value>,
     pub sha256: String,
+    /// Whether an instance may serve later sessions (`reuse_instances`).
+    pub reuse: bool,
     pre: PluginPre<PluginState>,
     breaker: BreakerConfig,
     faults: Mutex<VecDeque<Instant>>,
@@ -206,6 +235,10 @@ pub struct RuntimeConfig {
     /// Time budget of one DNS lookup made by a plugin.
     #[serde(with = "humantime_serde")]
     pub dns_budget: Duration,
+    /// Instances of one plugin kept between sessions for later ones (they
+    /// count against `max_instances`; idle ones are dropped when the pool
+    /// runs out).
+    pub idle_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -214,6 +247,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             cache_dir: None,
             dns_budget: Duration::from_secs(2),
+            idle_instances: 32,
         }
     }
 }
@@ -224,6 +258,10 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache_dir: Option<PathBuf>,
     max_memory: usize,
+    idle_instances: usize,
+    /// Every policy's pool of idle instances, to empty them all when the
+    /// allocator runs out of slots (an old policy's may still hold some).
+    pools: Mutex<Vec<Weak<InstancePool>>>,
 }
 
 /// Resolution of plugin time budgets.
@@ -237,6 +275,11 @@ impl Runtime {
         let max_memory = (MAX_PLUGIN_MEMORY_MB as usize) * 1024 * 1024;
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // WEIR_PLUGIN_PERFMAP=1 writes /tmp/perf-PID.map, so that `perf`
+        // names the plugins' compiled functions when profiling Weir.
+        if std::env::var_os("WEIR_PLUGIN_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = PoolingAllocationConfig::new();
         let n = cfg.max_instances.max(16);
         pool.total_component_instances(n)
@@ -274,6 +317,8 @@ impl Runtime {
             linker,
             cache_dir: cache_dir.or(cfg.cache_dir.clone()),
             max_memory,
+            idle_instances: cfg.idle_instances as usize,
+            pools: Mutex::new(Vec::new()),
         }))
     }
 
@@ -355,6 +400,7 @@ impl Runtime {
             budget: decl.limits.time_budget,
             default_config: decl.config.clone(),
             sha256: hash,
+            reuse: decl.reuse_instances,
             pre,
             breaker: decl.circuit_breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
@@ -370,6 +416,7 @@ impl Runtime {
             budget: plugin.budget.max(Duration::from_secs(1)),
             default_config: None,
             sha256: plugin.sha256.clone(),
+            reuse: false,
             pre: plugin.pre.clone(),
             breaker: plugin.breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
@@ -434,10 +481,84 @@ pub fn stage_to_wit(s: StageName) -> wit::Stage {
     }
 }
 
-/// One plugin's instance within one session.
+impl Runtime {
+    /// A pool of idle instances for a policy's plugins (`slots` of them),
+    /// known to the runtime so that it can be emptied when slots run out.
+    pub fn new_pool(&self, slots: usize) -> Arc<InstancePool> {
+        let pool = Arc::new(InstancePool {
+            slots: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
+            idle_cap: self.idle_instances,
+        });
+        let mut all = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&pool));
+        pool
+    }
+
+    /// A new instance of `plugin`. When the allocator has no slot left,
+    /// the idle instances of every policy are dropped and it tries again.
+    pub async fn instantiate(&self, plugin: Arc<LoadedPlugin>, services: Arc<HostServices>) -> Result<Instance, Fault> {
+        match Instance::new(self, plugin.clone(), services.clone()).await {
+            Err(f) if f.pool_exhausted => {
+                let pools: Vec<Arc<InstancePool>> = {
+                    let all = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+                    all.iter().filter_map(Weak::upgrade).collect()
+                };
+                let dropped: usize = pools.iter().map(|p| p.clear()).sum();
+                tracing::warn!(dropped, "plugin instance pool exhausted; dropped idle instances (raise plugin_runtime.max_instances?)");
+                Instance::new(self, plugin, services).await
+            }
+            r => r,
+        }
+    }
+}
+
+/// Instances of a policy's plugins between sessions, by plugin slot.
+pub struct InstancePool {
+    slots: Vec<Mutex<Vec<Instance>>>,
+    idle_cap: usize,
+}
+
+impl InstancePool {
+    /// An idle instance of the plugin in `slot`, if one is kept.
+    pub fn take(&self, slot: usize) -> Option<Instance> {
+        self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps an instance whose session ended for a later session, unless
+    /// its plugin is not to be reused, it broke, it has grown past half its
+    /// memory cap (a leak would otherwise end in a fault), or enough are
+    /// kept already.
+    pub fn give_back(&self, slot: usize, inst: Instance) {
+        let plugin = inst.plugin();
+        if !plugin.reuse || inst.broken || plugin.is_disabled() || inst.memory_size() > plugin.memory_cap / 2 {
+            return;
+        }
+        if let Some(s) = self.slots.get(slot) {
+            let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.idle_cap {
+                idle.push(inst);
+            }
+        }
+    }
+
+    /// Drops every idle instance; returns how many there were.
+    fn clear(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())).len())
+            .sum()
+    }
+}
+
+/// One plugin's instance, serving one session at a time.
 pub struct Instance {
     store: Store<PluginState>,
     bindings: Plugin,
+    /// What the guest was told (see `event`).
+    told: event::Told,
+    /// The next call is the first of a session.
+    new_session: bool,
     /// Set when a call was cut off mid-way: the instance must not be reused.
     pub broken: bool,
 }
@@ -449,30 +570,52 @@ impl Instance {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             memory_cap: plugin.memory_cap,
+            memory_size: 0,
             budget: plugin.budget,
             plugin: plugin.clone(),
             services,
-            config_json: String::new(),
+            config_json: Arc::from(""),
             body: None,
             memory_exceeded: false,
             refused: None,
-            call_started: Instant::now(),
+            deadline: Instant::now(),
             ticks_used: 0,
             timed_out: false,
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         arm_deadline(&mut store);
-        let bindings = plugin.pre.instantiate_async(&mut store).await.map_err(|e| classify(&mut store, e))?;
+        let bindings = match plugin.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => {
+                let exhausted = e.chain().any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>());
+                let mut f = classify(&mut store, e);
+                f.pool_exhausted = exhausted;
+                return Err(f);
+            }
+        };
         Ok(Instance {
             store,
             bindings,
+            told: event::Told::default(),
+            new_session: true,
             broken: false,
         })
     }
 
+    /// Starts a new session on this instance: the guest will be told so,
+    /// and told every fact again.
+    pub fn begin_session(&mut self) {
+        self.new_session = true;
+    }
+
+    /// How large the guest's memory has grown.
+    pub fn memory_size(&self) -> usize {
+        self.store.data().memory_size
+    }
+
     async fn handles(&mut self) -> Result<Vec<StageName>, Fault> {
-        self.begin_call(None, None);
+        self.begin_call(Instant::now(), None, None);
         let r = self.bindings.call_handles(&mut self.store).await;
         match r {
             Ok(v) => Ok(v.into_iter().map(stage_from_wit).collect()),
@@ -480,44 +623,38 @@ impl Instance {
         }
     }
 
-    fn begin_call(&mut self, config: Option<String>, body: Option<Arc<Vec<u8>>>) {
+    fn begin_call(&mut self, started: Instant, config: Option<Arc<str>>, body: Option<Arc<Vec<u8>>>) {
         let s = self.store.data_mut();
-        s.call_started = Instant::now();
+        // The epoch callback bounds guest running time; the deadline bounds
+        // the whole call, the waits of host calls included.
+        s.deadline = started + s.budget * 10 + s.services.dns_budget + Duration::from_secs(5);
         s.ticks_used = 0;
         s.timed_out = false;
         s.memory_exceeded = false;
         s.refused = None;
-        s.config_json = config.unwrap_or_default();
+        if let Some(c) = config {
+            s.config_json = c;
+        }
         s.body = body;
         // The callback stays registered; only the deadline is re-armed.
         self.store.set_epoch_deadline(1);
     }
 
-    /// Calls `on-stage`; a fault leaves the instance usable only for traps
-    /// the guest can recover from, which in Rust is none: callers drop it.
-    pub async fn on_stage(&mut self, ctx: &wit::Context, config: String, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
-        self.begin_call(Some(config), body);
-        let budget = self.store.data().budget;
-        let dns_budget = self.store.data().services.dns_budget;
-        // The epoch callback bounds guest running time; this bounds the
-        // whole call, host waits and a saturated executor included.
-        let limit = budget * 10 + dns_budget + Duration::from_secs(5);
-        let call = self.bindings.call_on_stage(&mut self.store, ctx);
-        match tokio::time::timeout(limit, call).await {
-            Ok(Ok(d)) => {
+    /// Calls `on-stage` with what changed since the instance's last call.
+    /// A fault leaves the instance broken (a Rust guest cannot recover from
+    /// a trap mid-call): callers drop it.
+    /// `started` is when the step began (the call's deadline counts from it).
+    pub async fn on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+        self.begin_call(started, Some(config), body);
+        let event = self.told.event(ctx, std::mem::take(&mut self.new_session), config_id);
+        match self.bindings.call_on_stage(&mut self.store, &event).await {
+            Ok(d) => {
                 self.store.data_mut().body = None;
                 Ok(d)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.broken = true;
                 Err(classify(&mut self.store, e))
-            }
-            Err(_) => {
-                self.broken = true;
-                Err(Fault {
-                    kind: FaultKind::Timeout,
-                    message: format!("call took longer than {limit:?}"),
-                })
             }
         }
     }
@@ -553,7 +690,11 @@ fn classify(store: &mut Store<PluginState>, e: wasmtime::Error) -> Fault {
         FaultKind::Trap
     };
     let message = format!("{e:#}");
-    Fault { kind, message }
+    Fault {
+        kind,
+        message,
+        pool_exhausted: false,
+    }
 }
 
 /// The plugins of one policy, by name.

@@ -127,31 +127,17 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
         }
     };
     let c = &f.connection;
-    let mut ctx = wit::Context {
-        stage: wit::Stage::Connect,
-        connection: wit::Connection {
-            remote_ip: c.remote_ip.clone(),
-            remote_port: 40000,
-            local_addr: "127.0.0.1:25".into(),
-            listener: c.listener.clone(),
-            tls_version: c.tls.then(|| "TLSv1.3".to_string()),
-            tls_cipher: c.tls.then(|| "TLS13_AES_256_GCM_SHA384".to_string()),
-            reverse_dns: None,
-            helo: None,
-            auth_user: None,
-        },
-        envelope: wit::Envelope {
-            sender: None,
-            sender_params: Vec::new(),
-            recipients: Vec::new(),
-        },
-        recipient: None,
-        recipient_params: Vec::new(),
-        tags: Vec::new(),
-        symbols: Vec::new(),
-        size: 0,
-        headers: Vec::new(),
-    };
+    let mut ctx = crate::plugin::Context::new(wit::Connection {
+        remote_ip: c.remote_ip.clone(),
+        remote_port: 40000,
+        local_addr: "127.0.0.1:25".into(),
+        listener: c.listener.clone(),
+        tls_version: c.tls.then(|| "TLSv1.3".to_string()),
+        tls_cipher: c.tls.then(|| "TLS13_AES_256_GCM_SHA384".to_string()),
+        reverse_dns: None,
+        helo: None,
+        auth_user: None,
+    });
     let refused = |o: &StageOutcome| matches!(o.verdict, Some(Final::Reject(_) | Final::Tempfail(_) | Final::Disconnect(_)));
     let mut routes: BTreeMap<String, String> = BTreeMap::new();
     let mut sender_now = None;
@@ -208,9 +194,8 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
         let before: Vec<String> = super::headers::parse(&body).into_iter().map(|h| h.name.to_ascii_lowercase()).collect();
         for (stage, name, expected) in [(StageName::Data, "data", &f.expect.data), (StageName::Route, "route", &f.expect.route)] {
             let shared = Arc::new(body);
-            let headers = super::headers::parse(&shared);
             ctx.size = shared.len() as u64;
-            ctx.headers = headers;
+            ctx.headers = Some(crate::plugin::event::header_section(&shared));
             let out = sp.run(stage, &mut ctx, Some(shared.clone())).await;
             body = Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
             check(name, expected, &out);
@@ -264,7 +249,7 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
     Ok(failures)
 }
 
-fn apply_envelope(ctx: &mut wit::Context, out: &StageOutcome, rcpt: Option<&str>, routes: &mut BTreeMap<String, String>) {
+fn apply_envelope(ctx: &mut crate::plugin::Context, out: &StageOutcome, rcpt: Option<&str>, routes: &mut BTreeMap<String, String>) {
     for (_, c) in &out.changes {
         match c {
             wit::Change::SetSender(s) => ctx.envelope.sender = Some(s.clone()),

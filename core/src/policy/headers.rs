@@ -5,7 +5,7 @@
 use crate::plugin::wit;
 
 fn header_block_end(body: &[u8]) -> usize {
-    body.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
+    memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
 }
 
 /// Header fields: (name, raw field including its CRLF and continuation lines).
@@ -28,19 +28,53 @@ fn fields(block: &[u8]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The headers, unfolded.
+/// Appends the words of `raw` to `value`, one space between words: a
+/// folded value becomes one line, runs of white space one space.
+fn push_words(value: &mut String, raw: &[u8]) {
+    for w in String::from_utf8_lossy(raw).split_whitespace() {
+        if !value.is_empty() {
+            value.push(' ');
+        }
+        value.push_str(w);
+    }
+}
+
+/// The headers, unfolded, by the rules the plugin SDK shows them to
+/// plugins (`weir_plugin_sdk::parse_headers`; both are tested on the same
+/// cases): `weir policy test` checks a fixture's expected headers with it.
+/// Lines without a field name (and what is folded under them) are left out.
 pub fn parse(body: &[u8]) -> Vec<wit::Header> {
     let end = header_block_end(body);
-    fields(&body[..end])
-        .into_iter()
-        .filter(|(n, _)| !n.is_empty())
-        .map(|(name, raw)| {
-            let text = String::from_utf8_lossy(&raw);
-            let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
-            let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
-            wit::Header { name, value }
-        })
-        .collect()
+    let mut out: Vec<wit::Header> = Vec::new();
+    // Whether a field has begun, and whether it is kept (has a name).
+    let (mut begun, mut kept) = (false, false);
+    for line in body[..end].split_inclusive(|b| *b == b'\n') {
+        if begun && (line.starts_with(b" ") || line.starts_with(b"\t")) {
+            if let (true, Some(h)) = (kept, out.last_mut()) {
+                push_words(&mut h.value, line);
+            }
+            continue;
+        }
+        begun = true;
+        kept = false;
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
+            if !name.is_empty() {
+                let mut value = String::new();
+                push_words(&mut value, &line[colon + 1..]);
+                out.push(wit::Header { name, value });
+                kept = true;
+            }
+        }
+    }
+    out
+}
+
+/// Whether any of `changes` adds, removes or replaces a header.
+pub fn changes_headers(changes: &[(String, wit::Change)]) -> bool {
+    changes
+        .iter()
+        .any(|(_, c)| matches!(c, wit::Change::AddHeader(_) | wit::Change::RemoveHeader(_) | wit::Change::ReplaceHeader(_)))
 }
 
 fn valid_name(n: &str) -> bool {
@@ -160,6 +194,10 @@ mod tests {
         let h = parse(b"Subject: a\r\n b\r\nFrom: x@y\r\n\r\nbody");
         assert_eq!(h[0].value, "a b");
         assert_eq!(h[1].name, "From");
+        // The same case as the SDK's parse_headers test.
+        let h = parse(b"Received: from x\r\n\tby y;  Mon\r\nno colon here\r\n folded under it\r\n: no name\r\nX-Bin: \xff ok\r\nTo:\r\nX-Tabs:\t a \t\x0bb \r\n\r\nX-Body: 1\r\n");
+        let got: Vec<(&str, &str)> = h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+        assert_eq!(got, vec![("Received", "from x by y; Mon"), ("X-Bin", "\u{fffd} ok"), ("To", ""), ("X-Tabs", "a b")]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Policy pipelines at run time: the loaded plugins and named pipelines of
 //! one configuration ([`Policy`], swapped whole on reload), and a session's
-//! view of it ([`SessionPolicy`]: its instances, created when first
-//! needed). Running a stage walks its steps in order, skipping those whose
+//! view of it ([`SessionPolicy`]: its instances, taken from the policy's
+//! pool or created when first needed, and given back when the session
+//! ends). Running a stage walks its steps in order, skipping those whose
 //! `when:` does not hold, until a verdict other than continue; a fault
 //! becomes the step's `on_error`. Every step's decision is recorded.
 
@@ -18,7 +19,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::plugin::{note_fault, wit, Fault, FaultKind, HostServices, Instance, LoadedPlugin, LoadedPlugins, Runtime};
+use crate::plugin::{note_fault, wit, Context, Fault, FaultKind, HostServices, Instance, InstancePool, LoadedPlugin, LoadedPlugins, Runtime};
 use types::{Grant, OnError, PolicyContext, StageName, Step, When};
 
 /// One step's decision, kept with the message (`weir queue show`).
@@ -59,7 +60,12 @@ pub struct StageOutcome {
 
 struct PreparedStep {
     plugin: Arc<LoadedPlugin>,
-    config_json: String,
+    /// The plugin's index in the policy (its instances and pool).
+    slot: usize,
+    config_json: Arc<str>,
+    /// Names `config_json` among the plugin's configs (the guest caches
+    /// the parsed config by it).
+    config_id: u32,
     when: When,
     on_error: OnError,
     /// Metric handles made once, not per call.
@@ -82,10 +88,19 @@ fn verdict_index(v: &wit::Verdict) -> usize {
     }
 }
 
+/// A pipeline's steps, by stage (`StageName as usize`).
+struct Pipeline {
+    stages: [Vec<PreparedStep>; StageName::ALL.len()],
+}
+
 /// The plugins and pipelines of one configuration.
 pub struct Policy {
-    pipelines: HashMap<String, HashMap<StageName, Vec<Arc<PreparedStep>>>>,
+    pipelines: HashMap<String, Arc<Pipeline>>,
     pub plugins: LoadedPlugins,
+    /// How many plugin slots (`PreparedStep::slot`) there are.
+    slots: usize,
+    /// Instances between sessions.
+    pool: Option<Arc<InstancePool>>,
     runtime: Option<Arc<Runtime>>,
     services: Option<Arc<HostServices>>,
 }
@@ -96,6 +111,8 @@ impl Policy {
         Policy {
             pipelines: HashMap::new(),
             plugins: HashMap::new(),
+            slots: 0,
+            pool: None,
             runtime: None,
             services: None,
         }
@@ -153,35 +170,44 @@ pub async fn load_plugins(
 
 /// Builds the run-time policy from a checked configuration.
 pub fn build(config: &Config, plugins: LoadedPlugins, runtime: Arc<Runtime>, services: Arc<HostServices>) -> Result<Policy> {
+    let mut names: Vec<&String> = plugins.keys().collect();
+    names.sort();
+    let slot_of: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    // Config ids per plugin: one per distinct config text.
+    let mut config_ids: HashMap<(usize, String), u32> = HashMap::new();
     let mut pipelines = HashMap::new();
     for (name, p) in &config.pipelines {
-        let mut stages = HashMap::new();
+        let mut stages: [Vec<PreparedStep>; StageName::ALL.len()] = Default::default();
         for stage in StageName::ALL {
-            let mut steps = Vec::new();
             for Step { plugin, config: cfg, when, on_error } in p.steps(stage) {
-                let loaded = plugins
-                    .get(&plugin)
-                    .ok_or_else(|| anyhow::anyhow!("pipelines.{name}: plugin {plugin} is not loaded"))?
-                    .clone();
+                let (Some(loaded), Some(&slot)) = (plugins.get(&plugin), slot_of.get(plugin.as_str())) else {
+                    anyhow::bail!("pipelines.{name}: plugin {plugin} is not loaded");
+                };
                 let cfg = cfg.or_else(|| loaded.default_config.clone()).unwrap_or(serde_json::Value::Null);
+                let config_json = serde_json::to_string(&cfg)?;
+                let next_id = config_ids.keys().filter(|(s, _)| *s == slot).count() as u32;
+                let config_id = *config_ids.entry((slot, config_json.clone())).or_insert(next_id);
                 let labels = |v: &'static str| {
                     metrics::counter!("weir_plugin_verdicts_total", "plugin" => plugin.clone(), "stage" => stage.as_str(), "verdict" => v)
                 };
-                steps.push(Arc::new(PreparedStep {
+                stages[stage as usize].push(PreparedStep {
                     latency: metrics::histogram!("weir_plugin_call_seconds", "plugin" => plugin.clone(), "stage" => stage.as_str()),
                     verdicts: VERDICTS.map(labels),
-                    plugin: loaded,
-                    config_json: serde_json::to_string(&cfg)?,
+                    plugin: loaded.clone(),
+                    slot,
+                    config_json: Arc::from(config_json),
+                    config_id,
                     when,
                     on_error,
-                }));
+                });
             }
-            stages.insert(stage, steps);
         }
-        pipelines.insert(name.clone(), stages);
+        pipelines.insert(name.clone(), Arc::new(Pipeline { stages }));
     }
     Ok(Policy {
         pipelines,
+        slots: names.len(),
+        pool: Some(runtime.new_pool(names.len())),
         plugins,
         runtime: Some(runtime),
         services: Some(services),
@@ -245,7 +271,7 @@ fn domain(addr: &str) -> &str {
     addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
 
-fn when_holds(w: &When, stage: StageName, ctx: &wit::Context) -> bool {
+fn when_holds(w: &When, stage: StageName, ctx: &Context) -> bool {
     let in_list = |list: &Vec<String>, v: &str| list.iter().any(|x| x.eq_ignore_ascii_case(v));
     if let Some(l) = &w.listener {
         if !in_list(l, &ctx.connection.listener) {
@@ -306,66 +332,81 @@ fn reply(code: u16, enhanced: &str, text: &str) -> wit::Reply {
 /// A session's use of the policy it started with.
 pub struct SessionPolicy {
     policy: Arc<Policy>,
-    pipeline: Option<String>,
-    instances: HashMap<String, Instance>,
+    pipeline: Option<Arc<Pipeline>>,
+    /// The session's instances, by plugin slot.
+    instances: Vec<Option<Instance>>,
+}
+
+impl Drop for SessionPolicy {
+    /// The session is over: its sound instances may serve later ones.
+    fn drop(&mut self) {
+        if let Some(pool) = &self.policy.pool {
+            for (slot, inst) in self.instances.iter_mut().enumerate() {
+                if let Some(i) = inst.take() {
+                    pool.give_back(slot, i);
+                }
+            }
+        }
+    }
 }
 
 impl SessionPolicy {
     pub fn new(policy: Arc<Policy>, pipeline: Option<String>) -> SessionPolicy {
-        SessionPolicy {
-            policy,
-            pipeline,
-            instances: HashMap::new(),
-        }
-    }
-
-    fn steps(&self, stage: StageName) -> Vec<Arc<PreparedStep>> {
-        self.pipeline
-            .as_ref()
-            .and_then(|p| self.policy.pipelines.get(p))
-            .and_then(|m| m.get(&stage))
-            .cloned()
-            .unwrap_or_default()
+        let pipeline = pipeline.and_then(|p| policy.pipelines.get(&p).cloned());
+        let instances = (0..policy.slots).map(|_| None).collect();
+        SessionPolicy { policy, pipeline, instances }
     }
 
     pub fn is_active(&self, stage: StageName) -> bool {
-        !self.steps(stage).is_empty()
+        self.pipeline.as_ref().is_some_and(|p| !p.stages[stage as usize].is_empty())
     }
 
-    async fn call(&mut self, step: &PreparedStep, ctx: &wit::Context, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+    async fn call(&mut self, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         let plugin = &step.plugin;
-        if plugin.is_disabled() {
-            return Err(Fault {
-                kind: FaultKind::Disabled,
-                message: "switched off by its circuit breaker".into(),
-            });
-        }
-        if !self.instances.contains_key(&plugin.name) {
-            let (Some(rt), Some(services)) = (&self.policy.runtime, &self.policy.services) else {
-                return Err(Fault {
-                    kind: FaultKind::Trap,
-                    message: "no plugin runtime".into(),
-                });
-            };
-            let inst = Instance::new(rt, plugin.clone(), services.clone()).await?;
-            self.instances.insert(plugin.name.clone(), inst);
-        }
-        let Some(inst) = self.instances.get_mut(&plugin.name) else {
-            return Err(Fault {
-                kind: FaultKind::Trap,
-                message: "instance vanished".into(),
-            });
+        let fault = |kind, message: &str| Fault {
+            kind,
+            message: message.into(),
+            pool_exhausted: false,
         };
-        let r = inst.on_stage(ctx, step.config_json.clone(), body).await;
+        if plugin.is_disabled() {
+            return Err(fault(FaultKind::Disabled, "switched off by its circuit breaker"));
+        }
+        let Some(entry) = self.instances.get_mut(step.slot) else {
+            return Err(fault(FaultKind::Trap, "no instance slot for the plugin"));
+        };
+        if entry.is_none() {
+            let pooled = self.policy.pool.as_ref().and_then(|p| p.take(step.slot));
+            let reused = pooled.is_some();
+            let inst = match pooled {
+                Some(mut i) => {
+                    i.begin_session();
+                    i
+                }
+                None => {
+                    let (Some(rt), Some(services)) = (&self.policy.runtime, &self.policy.services) else {
+                        return Err(fault(FaultKind::Trap, "no plugin runtime"));
+                    };
+                    rt.instantiate(plugin.clone(), services.clone()).await?
+                }
+            };
+            let origin = if reused { "reused" } else { "new" };
+            metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.name.clone(), "origin" => origin).increment(1);
+            *entry = Some(inst);
+        }
+        let Some(inst) = entry.as_mut() else {
+            return Err(fault(FaultKind::Trap, "instance vanished"));
+        };
+        let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
         if inst.broken {
             // A faulted instance is not reused; the next call gets a fresh one.
-            self.instances.remove(&plugin.name);
+            *entry = None;
         }
         let d = r?;
         if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
             return Err(Fault {
                 kind: FaultKind::Refused,
                 message: format!("asked for a change ({c:?}) needing the `{}` grant", change_grant(c).as_str()),
+                pool_exhausted: false,
             });
         }
         Ok(d)
@@ -373,16 +414,19 @@ impl SessionPolicy {
 
     /// Runs one stage's pipeline. Tags and symbols are applied to `ctx` as
     /// steps return them.
-    pub async fn run(&mut self, stage: StageName, ctx: &mut wit::Context, body: Option<Arc<Vec<u8>>>) -> StageOutcome {
+    pub async fn run(&mut self, stage: StageName, ctx: &mut Context, body: Option<Arc<Vec<u8>>>) -> StageOutcome {
         let mut out = StageOutcome::default();
         ctx.stage = crate::plugin::stage_to_wit(stage);
-        for step in self.steps(stage) {
+        let Some(pipeline) = self.pipeline.clone() else {
+            return out;
+        };
+        for step in &pipeline.stages[stage as usize] {
             if !when_holds(&step.when, stage, ctx) {
                 continue;
             }
             let name = step.plugin.name.clone();
             let started = Instant::now();
-            let r = self.call(&step, ctx, body.clone()).await;
+            let r = self.call(step, ctx, started, body.clone()).await;
             let elapsed = started.elapsed();
             step.latency.record(elapsed.as_secs_f64());
             let mut record = DecisionRecord {

@@ -133,6 +133,17 @@ pub struct PluginDecl {
     /// (`{plugin_dir}` allowed), read when the policy loads.
     #[serde(default)]
     pub files: std::collections::BTreeMap<String, String>,
+    /// Whether an instance may serve another session after its first
+    /// (one at a time; the plugin is told each new session and the SDK
+    /// starts it from a fresh plugin value). `false` gives every session a
+    /// new instance: nothing, not even freed memory, survives a session,
+    /// at the cost of instantiating the plugin for each.
+    #[serde(default = "yes")]
+    pub reuse_instances: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

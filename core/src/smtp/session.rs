@@ -18,7 +18,7 @@ use crate::smtp::conn::{Conn, Line, ReadError, TlsInfo};
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::reply::{canned, Reply};
 use crate::smtp::ListenerCtx;
-use crate::plugin::wit;
+use crate::plugin::{self, wit};
 use crate::policy::types::StageName;
 use crate::policy::{checked_reply, DecisionRecord, Final, SessionPolicy, StageOutcome};
 
@@ -203,8 +203,8 @@ impl Session {
     }
 
     /// The context a plugin sees now.
-    fn plugin_ctx(&self, recipient: Option<&str>) -> wit::Context {
-        wit::Context {
+    fn plugin_ctx(&self, recipient: Option<&str>) -> plugin::Context {
+        plugin::Context {
             stage: wit::Stage::Connect,
             connection: wit::Connection {
                 remote_ip: self.peer.ip().to_string(),
@@ -217,7 +217,7 @@ impl Session {
                 helo: self.helo.clone(),
                 auth_user: self.auth_user.clone(),
             },
-            envelope: wit::Envelope {
+            envelope: plugin::Envelope {
                 sender: self.tx.as_ref().map(|t| t.sender.clone()),
                 sender_params: Vec::new(),
                 recipients: self
@@ -231,16 +231,16 @@ impl Session {
             tags: self.tags.clone(),
             symbols: self.symbols.clone(),
             size: 0,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
     /// Runs a stage's pipeline and keeps its tags, symbols and decisions.
-    async fn run_stage(&mut self, stage: StageName, recipient: Option<&str>, message: Option<(Arc<Vec<u8>>, Vec<wit::Header>)>) -> StageOutcome {
+    async fn run_stage(&mut self, stage: StageName, recipient: Option<&str>, message: Option<(Arc<Vec<u8>>, Arc<str>)>) -> StageOutcome {
         let mut ctx = self.plugin_ctx(recipient);
         let body = message.map(|(b, h)| {
             ctx.size = b.len() as u64;
-            ctx.headers = h;
+            ctx.headers = Some(h);
             b
         });
         let out = self.policy.run(stage, &mut ctx, body).await;
@@ -739,13 +739,16 @@ impl Session {
     /// the queue; the reply says whether it is safe.
     async fn enqueue(&mut self, id: String, header_len: usize, mut body: Vec<u8>) -> Reply {
         let mut quarantine: Option<String> = None;
+        // The header section as plugins see it; taken again only after a
+        // stage changed it (so route's plugins are not told it again).
+        let mut headers: Option<Arc<str>> = None;
         for stage in [StageName::Data, StageName::Route] {
             if !self.policy.is_active(stage) {
                 continue;
             }
             let shared = Arc::new(body);
-            let headers = crate::policy::headers::parse(&shared);
-            let out = self.run_stage(stage, None, Some((shared.clone(), headers))).await;
+            let h = headers.get_or_insert_with(|| plugin::event::header_section(&shared)).clone();
+            let out = self.run_stage(stage, None, Some((shared.clone(), h))).await;
             body = Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
             if let Some((r, close)) = refusal(&out) {
                 if close {
@@ -761,7 +764,10 @@ impl Session {
                 Some(Final::Quarantine(why)) => quarantine = Some(why.clone()),
                 _ => {}
             }
-            body = crate::policy::headers::apply(body, header_len, &out.changes);
+            if crate::policy::headers::changes_headers(&out.changes) {
+                body = crate::policy::headers::apply(body, header_len, &out.changes);
+                headers = None;
+            }
             self.apply_envelope_changes(&out, None);
         }
         if self.tx.as_ref().is_some_and(|t| t.discard) {

@@ -7,6 +7,8 @@
 //! domain testing its policy, t=y, gets the next milder one). With
 //! `reject_spf_fail: true` an SPF fail is refused at MAIL FROM (550
 //! 5.7.23, RFC 7372). Clients in `skip_networks` are not checked.
+use std::rc::Rc;
+
 use serde::Deserialize;
 use weir_plugin_sdk::host::mail_auth::{self, AuthResult, DmarcPolicy, MessageChecks, SpfOutput};
 use weir_plugin_sdk::util::{ip_in, networks};
@@ -49,7 +51,6 @@ impl Default for Config {
 
 #[derive(Default)]
 pub struct AuthCheck {
-    config: Option<Result<Config, String>>,
     /// The SPF result of the current transaction.
     spf: Option<SpfOutput>,
 }
@@ -67,8 +68,8 @@ fn spf_symbol(r: AuthResult) -> Option<&'static str> {
 
 /// The configuration, unless it is broken (451) or the client is in
 /// `skip_networks` (not checked): what both stages begin with.
-fn checked<'a>(slot: &'a mut Option<Result<Config, String>>, ctx: &Context) -> Result<&'a Config, Decision> {
-    let config = host::cached_config(slot).map_err(|e| Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e))?;
+fn checked(ctx: &Context) -> Result<Rc<Config>, Decision> {
+    let config = host::cached_config::<Config>().map_err(|e| Decision::tempfail(451, "4.3.5", "Sender checks are misconfigured").because(e))?;
     if ip_in(&ctx.connection.remote_ip, &networks(&config.skip_networks).0) {
         return Err(Decision::next().because("client in skip_networks"));
     }
@@ -79,7 +80,7 @@ impl Plugin for AuthCheck {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::Data];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let config = match checked(&mut self.config, ctx) {
+        let config = match checked(ctx) {
             Ok(c) => c,
             Err(d) => return d,
         };
@@ -109,7 +110,7 @@ impl Plugin for AuthCheck {
     }
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match checked(&mut self.config, ctx) {
+        let config = match checked(ctx) {
             Ok(c) => c,
             Err(d) => return d,
         };
@@ -135,7 +136,7 @@ impl Plugin for AuthCheck {
         // RFC 8601 section 5: headers claiming our authserv-id were not
         // written by us and must go.
         let ours = |v: &str| v.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(&config.authserv_id));
-        if ctx.headers.iter().any(|h| h.name.eq_ignore_ascii_case("Authentication-Results") && ours(&h.value)) {
+        if ctx.headers().iter().any(|h| h.name.eq_ignore_ascii_case("Authentication-Results") && ours(&h.value)) {
             d = d.with(Change::RemoveHeader("Authentication-Results".into()));
         }
         d = d.with(Change::AddHeader(Header { name: "Authentication-Results".into(), value: auth.authentication_results.clone() }));

@@ -70,9 +70,7 @@ struct Prepared {
 }
 
 #[derive(Default)]
-pub struct DkimSign {
-    prepared: Option<Result<Prepared, String>>,
-}
+pub struct DkimSign;
 
 fn prepare() -> Result<Prepared, String> {
     let config: Config = host::config()?;
@@ -103,11 +101,11 @@ impl Plugin for DkimSign {
     const STAGES: &'static [Stage] = &[Stage::Route];
 
     fn route(&mut self, ctx: &Context) -> Decision {
-        let p = match self.prepared.get_or_insert_with(prepare) {
+        let p = match host::prepared_config(prepare) {
             Ok(p) => p,
             // Unsigned mail from a signing service would fail DMARC later:
             // hold it back instead of sending it unsigned.
-            Err(e) => return Decision::tempfail(451, "4.3.5", "Message signing is misconfigured").because(e.clone()),
+            Err(e) => return Decision::tempfail(451, "4.3.5", "Message signing is misconfigured").because(e),
         };
         if p.config.sign == Sign::Authenticated && ctx.connection.auth_user.is_none() {
             return Decision::next().because("not signed: client did not authenticate");

@@ -65,7 +65,7 @@ impl Plugin for Dnsbl {
     const STAGES: &'static [Stage] = &[Stage::Connect];
 
     fn connect(&mut self, ctx: &Context) -> Decision {
-        let config: Config = match host::config() {
+        let config = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::next().because(format!("dnsbl config: {e}")),
         };

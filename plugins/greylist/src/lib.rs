@@ -25,9 +25,7 @@ impl Default for Config {
 }
 
 #[derive(Default)]
-pub struct Greylist {
-    config: Option<Result<Config, String>>,
-}
+pub struct Greylist;
 
 fn network(ip: &str) -> String {
     match ip.parse::<std::net::IpAddr>() {
@@ -51,7 +49,7 @@ impl Plugin for Greylist {
     const STAGES: &'static [Stage] = &[Stage::RcptTo];
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let c = match host::cached_config(&mut self.config) {
+        let c = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::next().because(format!("greylist config: {e}")),
         };

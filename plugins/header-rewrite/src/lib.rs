@@ -37,9 +37,7 @@ struct Config {
 }
 
 #[derive(Default)]
-pub struct HeaderRewrite {
-    config: Option<Result<Config, String>>,
-}
+pub struct HeaderRewrite;
 
 fn applies(w: &When, ctx: &Context) -> bool {
     (w.listeners.is_empty() || w.listeners.contains(&ctx.connection.listener))
@@ -55,7 +53,7 @@ impl Plugin for HeaderRewrite {
     const STAGES: &'static [Stage] = &[Stage::Data];
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match host::cached_config(&mut self.config) {
+        let config = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::next().because(format!("header-rewrite config: {e}")),
         };

@@ -29,31 +29,28 @@ struct Rules {
 }
 
 #[derive(Default)]
-pub struct RelayControl {
-    rules: Option<Result<Rules, String>>,
-}
+pub struct RelayControl;
 
-impl RelayControl {
-    fn rules(&mut self) -> &Result<Rules, String> {
-        self.rules.get_or_insert_with(|| {
-            let config: Config = host::config()?;
-            let (networks, bad) = networks(&config.relay_networks);
-            if let Some(e) = bad.first() {
-                return Err(format!("relay_networks: {e}"));
-            }
-            Ok(Rules { config, networks })
-        })
-    }
+/// The step's config with its networks parsed, once per instance.
+fn rules() -> Result<std::rc::Rc<Rules>, String> {
+    host::prepared_config(|| {
+        let config: Config = host::config()?;
+        let (networks, bad) = networks(&config.relay_networks);
+        if let Some(e) = bad.first() {
+            return Err(format!("relay_networks: {e}"));
+        }
+        Ok(Rules { config, networks })
+    })
 }
 
 impl Plugin for RelayControl {
     const STAGES: &'static [Stage] = &[Stage::RcptTo];
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let rules = match self.rules() {
+        let rules = match rules() {
             Ok(r) => r,
             // A broken config must not open the relay: refuse for now.
-            Err(e) => return Decision::tempfail(451, "4.3.5", "Relay rules are misconfigured").because(e.clone()),
+            Err(e) => return Decision::tempfail(451, "4.3.5", "Relay rules are misconfigured").because(e),
         };
         let rcpt = ctx.recipient.clone().unwrap_or_default();
         let domain = domain_of(&rcpt);

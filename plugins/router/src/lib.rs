@@ -71,7 +71,6 @@ struct Config {
 
 #[derive(Default)]
 pub struct Router {
-    config: Option<Result<Config, String>>,
     /// A recipient of this transaction is forwarded off our domains.
     forwarded: bool,
 }
@@ -172,7 +171,7 @@ impl Plugin for Router {
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
         self.forwarded = false;
-        let Ok(c) = host::cached_config(&mut self.config) else {
+        let Ok(c) = host::cached_config::<Config>() else {
             return Decision::tempfail(451, "4.3.5", "Routing is misconfigured");
         };
         let sender = ctx.envelope.sender.clone().unwrap_or_default();
@@ -183,7 +182,7 @@ impl Plugin for Router {
     }
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let c = match host::cached_config(&mut self.config) {
+        let c = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Routing is misconfigured").because(e),
         };
@@ -234,7 +233,7 @@ impl Plugin for Router {
     }
 
     fn route(&mut self, ctx: &Context) -> Decision {
-        let Ok(c) = host::cached_config(&mut self.config) else {
+        let Ok(c) = host::cached_config::<Config>() else {
             return Decision::next();
         };
         let sender = ctx.envelope.sender.clone().unwrap_or_default();

@@ -61,9 +61,7 @@ struct Config {
 }
 
 #[derive(Default)]
-pub struct SenderRules {
-    config: Option<Result<Config, String>>,
-}
+pub struct SenderRules;
 
 fn owns(config: &Config, account: &str, address: &str) -> bool {
     let address = address.to_ascii_lowercase();
@@ -100,7 +98,7 @@ impl Plugin for SenderRules {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::RcptTo, Stage::Data];
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
-        let config = match host::cached_config(&mut self.config) {
+        let config = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::tempfail(451, "4.3.5", "Sender rules are misconfigured").because(e),
         };
@@ -137,7 +135,7 @@ impl Plugin for SenderRules {
     }
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
-        let Ok(config) = host::cached_config(&mut self.config) else {
+        let Ok(config) = host::cached_config::<Config>() else {
             return Decision::next();
         };
         let ip = &ctx.connection.remote_ip;
@@ -153,7 +151,7 @@ impl Plugin for SenderRules {
     }
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let Ok(config) = host::cached_config(&mut self.config) else {
+        let Ok(config) = host::cached_config::<Config>() else {
             return Decision::next();
         };
         let ip = ctx.connection.remote_ip.clone();

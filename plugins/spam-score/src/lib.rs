@@ -6,7 +6,7 @@
 //! symbols are added to the transaction too, so later steps (header-rewrite's
 //! `min_score`) see the whole score, and the decision trail shows every
 //! symbol. The model is a file declared under the plugin's `files:`
-//! (trained with `weir spam train`), read once per session.
+//! (trained with `weir spam train`), read once per instance.
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -72,17 +72,13 @@ fn hdr(name: &str, value: String) -> Header {
 const OWN_HEADERS: &[&str] = &["X-Spam-Score", "X-Spam-Status", "X-Spam-Flag"];
 
 #[derive(Default)]
-pub struct SpamScore {
-    config: Option<Result<Config, String>>,
-    /// The model file's bytes, read once per session (per instance).
-    model: Option<Result<Vec<u8>, String>>,
-}
+pub struct SpamScore;
 
 impl Plugin for SpamScore {
     const STAGES: &'static [Stage] = &[Stage::Data];
 
     fn data(&mut self, ctx: &Context) -> Decision {
-        let config = match host::cached_config(&mut self.config) {
+        let config = match host::cached_config::<Config>() {
             Ok(c) => c,
             Err(e) => return Decision::next().because(format!("spam-score config: {e}")),
         };
@@ -94,12 +90,12 @@ impl Plugin for SpamScore {
         }
         let model_bytes = match &config.model {
             None => None,
-            Some(name) => Some(self.model.get_or_insert_with(|| host::files::read(name))),
+            Some(name) => Some(host::files::cached(name)),
         };
         let mut notes = Vec::new();
-        let model = match model_bytes {
+        let model = match &model_bytes {
             None => None,
-            Some(Ok(b)) => match Model::parse(b) {
+            Some(Ok(b)) => match Model::parse(&b[..]) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     notes.push(format!("model unusable, rules only: {e}"));
@@ -122,7 +118,7 @@ impl Plugin for SpamScore {
         let mut d = Decision::next();
         if config.headers {
             for h in OWN_HEADERS {
-                if ctx.headers.iter().any(|x| x.name.eq_ignore_ascii_case(h)) {
+                if ctx.headers().iter().any(|x| x.name.eq_ignore_ascii_case(h)) {
                     d = d.with(Change::RemoveHeader((*h).to_string()));
                 }
             }

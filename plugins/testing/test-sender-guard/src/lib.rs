@@ -12,13 +12,11 @@ struct Config {
 
 /// The config is read once per session (instance), not per call.
 #[derive(Default)]
-pub struct SenderGuard {
-    config: Option<Config>,
-}
+pub struct SenderGuard;
 
 impl SenderGuard {
-    fn config(&mut self) -> &Config {
-        self.config.get_or_insert_with(|| host::config().unwrap_or_default())
+    fn config(&self) -> std::rc::Rc<Config> {
+        host::cached_config::<Config>().unwrap_or_default()
     }
 }
 

@@ -1,0 +1,286 @@
+//! What a plugin call tells the plugin. The session keeps its [`Context`]
+//! (every fact a plugin may see); each instance keeps [`Told`], what it was
+//! last told, and a call sends only the difference as a WIT `event`. Facts
+//! that did not change since the instance's previous call — the connection
+//! all session long, the sender at every recipient, the headers from data to
+//! route — cost nothing: lowering them into the guest on every call (a trip
+//! into the guest's allocator per string) was most of a call's cost.
+
+use std::sync::Arc;
+
+use super::wit;
+
+/// A session's facts, as plugins see them.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub stage: wit::Stage,
+    pub connection: wit::Connection,
+    pub envelope: Envelope,
+    /// At rcpt-to: the recipient being decided on, and its parameters.
+    pub recipient: Option<String>,
+    pub recipient_params: Vec<wit::Param>,
+    /// Tags (name, value) and score symbols (name, score) set so far.
+    pub tags: Vec<(String, String)>,
+    pub symbols: Vec<(String, f64)>,
+    /// At data and route: the message's size and its header section (see
+    /// `header_section`). The session hands the same `Arc` to both stages
+    /// when data changed no header, so instances are not told it again.
+    pub size: u64,
+    pub headers: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// None before MAIL FROM; empty for the null sender.
+    pub sender: Option<String>,
+    pub sender_params: Vec<wit::Param>,
+    /// Recipients accepted so far.
+    pub recipients: Vec<String>,
+}
+
+impl Context {
+    /// The facts of a new connection.
+    pub fn new(connection: wit::Connection) -> Context {
+        Context {
+            stage: wit::Stage::Connect,
+            connection,
+            envelope: Envelope::default(),
+            recipient: None,
+            recipient_params: Vec::new(),
+            tags: Vec::new(),
+            symbols: Vec::new(),
+            size: 0,
+            headers: None,
+        }
+    }
+}
+
+/// A message's header section as plugins are told it: every field up to
+/// the empty line (CRLF line ends), bytes that are not UTF-8 replaced.
+pub fn header_section(message: &[u8]) -> Arc<str> {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").map(|p| p + 2).unwrap_or(message.len());
+    Arc::from(String::from_utf8_lossy(&message[..end]))
+}
+
+/// What one instance was told, as of its last call. A new instance, and
+/// one starting a new session, was told nothing (its guest starts from an
+/// empty context).
+#[derive(Debug, Default)]
+pub struct Told {
+    connection: Option<wit::Connection>,
+    sender: Option<String>,
+    sender_params: Vec<wit::Param>,
+    recipients: Vec<String>,
+    tags: Vec<(String, String)>,
+    symbols: Vec<(String, f64)>,
+    headers: Option<Arc<str>>,
+}
+
+/// The change from `told` to `now` as (keep, items), or None when there is
+/// none; `told` becomes `now`.
+fn splice<T: PartialEq + Clone>(told: &mut Vec<T>, now: &[T]) -> Option<(u32, Vec<T>)> {
+    let keep = told.iter().zip(now).take_while(|(a, b)| a == b).count();
+    if keep == told.len() && keep == now.len() {
+        return None;
+    }
+    let items = now[keep..].to_vec();
+    told.truncate(keep);
+    told.extend_from_slice(&items);
+    // Lists a session builds are bounded by its limits (recipients, steps).
+    Some((u32::try_from(keep).unwrap_or(u32::MAX), items))
+}
+
+impl Told {
+    /// The event that brings the instance from what it was told to `ctx`,
+    /// and remembers `ctx` as told.
+    pub fn event(&mut self, ctx: &Context, new_session: bool, config_id: u32) -> wit::Event {
+        if new_session {
+            *self = Told::default();
+        }
+        let connection = (self.connection.as_ref() != Some(&ctx.connection)).then(|| {
+            self.connection = Some(ctx.connection.clone());
+            ctx.connection.clone()
+        });
+        let env = &ctx.envelope;
+        let mail_from = (self.sender != env.sender || self.sender_params != env.sender_params).then(|| {
+            self.sender.clone_from(&env.sender);
+            self.sender_params.clone_from(&env.sender_params);
+            wit::MailFrom {
+                address: env.sender.clone(),
+                params: env.sender_params.clone(),
+            }
+        });
+        let recipients = splice(&mut self.recipients, &env.recipients).map(|(keep, items)| wit::RecipientsChange { keep, items });
+        let tags = splice(&mut self.tags, &ctx.tags).map(|(keep, items)| wit::TagsChange { keep, items });
+        let symbols = splice(&mut self.symbols, &ctx.symbols).map(|(keep, items)| wit::SymbolsChange { keep, items });
+        let headers_changed = match (&self.headers, &ctx.headers) {
+            (None, None) => false,
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        let headers = headers_changed.then(|| {
+            // Holding the Arc keeps ptr_eq honest: the allocation cannot be
+            // reused for other headers while it is remembered here.
+            self.headers.clone_from(&ctx.headers);
+            ctx.headers.as_deref().unwrap_or_default().to_string()
+        });
+        wit::Event {
+            stage: ctx.stage,
+            new_session,
+            connection,
+            mail_from,
+            recipients,
+            recipient: ctx.recipient.clone(),
+            recipient_params: ctx.recipient_params.clone(),
+            tags,
+            symbols,
+            size: ctx.size,
+            headers,
+            config_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> wit::Connection {
+        wit::Connection {
+            remote_ip: "192.0.2.1".into(),
+            remote_port: 4000,
+            local_addr: "127.0.0.1:25".into(),
+            listener: "mx".into(),
+            tls_version: None,
+            tls_cipher: None,
+            reverse_dns: None,
+            helo: None,
+            auth_user: None,
+        }
+    }
+
+    /// The guest's side: what the SDK does with an event.
+    #[derive(Default, Debug, PartialEq)]
+    struct Guest {
+        connection: Option<wit::Connection>,
+        sender: Option<String>,
+        recipients: Vec<String>,
+        tags: Vec<(String, String)>,
+        symbols: Vec<(String, f64)>,
+        headers: String,
+    }
+
+    impl Guest {
+        fn apply(&mut self, e: wit::Event) {
+            if e.new_session {
+                *self = Guest::default();
+            }
+            if let Some(c) = e.connection {
+                self.connection = Some(c);
+            }
+            if let Some(m) = e.mail_from {
+                self.sender = m.address;
+            }
+            if let Some(r) = e.recipients {
+                self.recipients.truncate(r.keep as usize);
+                self.recipients.extend(r.items);
+            }
+            if let Some(t) = e.tags {
+                self.tags.truncate(t.keep as usize);
+                self.tags.extend(t.items);
+            }
+            if let Some(s) = e.symbols {
+                self.symbols.truncate(s.keep as usize);
+                self.symbols.extend(s.items);
+            }
+            if let Some(h) = e.headers {
+                self.headers = h;
+            }
+        }
+        fn sees(&self, ctx: &Context) -> bool {
+            self.connection.as_ref() == Some(&ctx.connection)
+                && self.sender == ctx.envelope.sender
+                && self.recipients == ctx.envelope.recipients
+                && self.tags == ctx.tags
+                && self.symbols == ctx.symbols
+                && self.headers == ctx.headers.as_deref().unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn only_changes_are_told_and_the_guest_always_sees_the_whole_context() {
+        let mut told = Told::default();
+        let mut guest = Guest::default();
+        let mut ctx = Context::new(conn());
+        let e = told.event(&ctx, true, 0);
+        assert!(e.connection.is_some(), "the first call tells the connection");
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
+
+        ctx.envelope.sender = Some("a@example.org".into());
+        let e = told.event(&ctx, false, 0);
+        assert!(e.connection.is_none(), "an unchanged connection is not told again");
+        assert_eq!(e.mail_from.as_ref().and_then(|m| m.address.as_deref()), Some("a@example.org"));
+        guest.apply(e);
+
+        for r in ["b@example.org", "c@example.org"] {
+            ctx.envelope.recipients.push(r.into());
+            let e = told.event(&ctx, false, 0);
+            assert!(e.mail_from.is_none());
+            let change = e.recipients.clone().expect("a new recipient is told");
+            assert_eq!((change.keep as usize, change.items.len()), (ctx.envelope.recipients.len() - 1, 1), "only the new one");
+            guest.apply(e);
+            assert!(guest.sees(&ctx));
+        }
+
+        // A plugin's rewrite in the middle of the list: told from there on.
+        ctx.envelope.recipients[0] = "z@example.org".into();
+        ctx.tags.push(("client".into(), "x".into()));
+        ctx.symbols.push(("DNSBL".into(), 2.5));
+        ctx.headers = Some(header_section(b"Subject: hi\r\n\r\nbody\r\n"));
+        assert_eq!(ctx.headers.as_deref(), Some("Subject: hi\r\n"));
+        let e = told.event(&ctx, false, 0);
+        assert_eq!(e.recipients.as_ref().map(|r| r.keep), Some(0));
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
+
+        // The same headers at route: not told again. New ones: told.
+        let e = told.event(&ctx, false, 0);
+        assert!(e.headers.is_none() && e.tags.is_none() && e.symbols.is_none() && e.recipients.is_none());
+        guest.apply(e);
+        ctx.headers = Some(header_section(b"Subject: hi\r\n\r\n"));
+        let e = told.event(&ctx, false, 0);
+        assert!(e.headers.is_some());
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
+
+        // A tag replaced by key moves to the end: the list is told from the change.
+        ctx.tags.insert(0, ("first".into(), "1".into()));
+        let e = told.event(&ctx, false, 0);
+        assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 2)));
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
+
+        // The transaction ends: no sender, no recipients, no message.
+        ctx.envelope = Envelope::default();
+        ctx.headers = None;
+        let e = told.event(&ctx, false, 0);
+        assert_eq!(e.headers.as_deref(), Some(""), "the old headers are taken back");
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
+    }
+
+    #[test]
+    fn a_new_session_tells_everything_again() {
+        let mut told = Told::default();
+        let mut ctx = Context::new(conn());
+        ctx.envelope.recipients.push("b@example.org".into());
+        ctx.tags.push(("t".into(), "v".into()));
+        told.event(&ctx, true, 0);
+        assert!(told.event(&ctx, false, 0).connection.is_none());
+        let e = told.event(&ctx, true, 0);
+        assert!(e.new_session && e.connection.is_some());
+        assert_eq!(e.recipients.map(|r| (r.keep, r.items.len())), Some((0, 1)));
+        assert_eq!(e.tags.map(|t| (t.keep, t.items.len())), Some((0, 1)));
+    }
+}
