@@ -239,6 +239,8 @@ pipelines:
     assert!(raw.contains("\r\nX-Weir-Stamp: n=1 "), "{raw}");
     assert!(raw.contains("client=127.0.0.1"), "tag from connect seen at data: {raw}");
     assert!(raw.contains("score=1"), "symbols from rcpt seen at data: {raw}");
+    let size = raw.split("size=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("");
+    assert!(size.parse::<u64>().is_ok_and(|n| n > 0), "MAIL's SIZE parameter seen at data: {raw}");
     assert!(raw.contains("\r\nSubject: [tagged] hello\r\n"), "{raw}");
     assert!(!raw.contains("X-Internal"), "{raw}");
     let plugins: Vec<&str> = m["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap()).collect();

@@ -14,7 +14,7 @@ def msg(subject, extra=""):
 
 
 def data_reply(s, sender, rcpts, body):
-    code, resp = s.mail(sender)
+    code, resp = s.mail(sender, ["SIZE=%d" % len(body)])
     if code != 250:
         return [code, resp.decode()]
     for r in rcpts:

@@ -357,6 +357,11 @@ impl SessionPolicy {
         SessionPolicy { policy, pipeline, instances }
     }
 
+    /// Whether the session runs a pipeline at all.
+    pub fn is_enabled(&self) -> bool {
+        self.pipeline.is_some()
+    }
+
     pub fn is_active(&self, stage: StageName) -> bool {
         self.pipeline.as_ref().is_some_and(|p| !p.stages[stage as usize].is_empty())
     }

@@ -31,6 +31,8 @@ const MAX_PATH: usize = 254;
 
 struct Transaction {
     sender: String,
+    /// MAIL's ESMTP parameters as the client sent them (for plugins).
+    sender_params: Vec<wit::Param>,
     body_type: BodyType,
     smtputf8: bool,
     declared_size: Option<u64>,
@@ -71,6 +73,9 @@ pub struct Session {
     errors: u32,
     shutdown: CancellationToken,
     policy: SessionPolicy,
+    /// What plugins see, kept between stages and brought up to date before
+    /// each (see `plugin_ctx`); None until a stage first runs.
+    pctx: Option<plugin::Context>,
     /// The client's reverse DNS name, when the listener looks it up.
     rdns: Option<String>,
     /// A policy verdict said disconnect after the current reply.
@@ -95,6 +100,7 @@ impl Session {
             errors: 0,
             shutdown,
             policy: SessionPolicy::new(ctx.policy.get(), ctx.cfg.pipeline.clone()),
+            pctx: None,
             shutdown_after_reply: false,
             rdns: None,
             tags: Vec::new(),
@@ -202,41 +208,68 @@ impl Session {
         }
     }
 
-    /// The context a plugin sees now.
-    fn plugin_ctx(&self, recipient: Option<&str>) -> plugin::Context {
-        plugin::Context {
-            stage: wit::Stage::Connect,
-            connection: wit::Connection {
+    /// The context a plugin sees now: the one kept from the last stage,
+    /// with what changed since copied in (rebuilding it cost a dozen
+    /// allocations per stage), and the session's tags and symbols moved in
+    /// (`run_stage` moves them back).
+    fn plugin_ctx(&mut self, recipient: Option<(&str, Vec<wit::Param>)>) -> plugin::Context {
+        fn set(slot: &mut Option<String>, now: Option<&str>) {
+            if slot.as_deref() != now {
+                *slot = now.map(str::to_string);
+            }
+        }
+        let mut ctx = self.pctx.take().unwrap_or_else(|| {
+            plugin::Context::new(wit::Connection {
                 remote_ip: self.peer.ip().to_string(),
                 remote_port: self.peer.port(),
                 local_addr: self.local.to_string(),
                 listener: self.ctx.name.clone(),
-                tls_version: self.tls.as_ref().map(|t| t.version.clone()),
-                tls_cipher: self.tls.as_ref().map(|t| t.cipher.clone()),
-                reverse_dns: self.rdns.clone(),
-                helo: self.helo.clone(),
-                auth_user: self.auth_user.clone(),
-            },
-            envelope: plugin::Envelope {
-                sender: self.tx.as_ref().map(|t| t.sender.clone()),
-                sender_params: Vec::new(),
-                recipients: self
-                    .tx
-                    .as_ref()
-                    .map(|t| t.rcpts.iter().map(|r| r.address.clone()).collect())
-                    .unwrap_or_default(),
-            },
-            recipient: recipient.map(str::to_string),
-            recipient_params: Vec::new(),
-            tags: self.tags.clone(),
-            symbols: self.symbols.clone(),
-            size: 0,
-            headers: None,
+                tls_version: None,
+                tls_cipher: None,
+                reverse_dns: None,
+                helo: None,
+                auth_user: None,
+            })
+        });
+        let c = &mut ctx.connection;
+        set(&mut c.tls_version, self.tls.as_ref().map(|t| t.version.as_str()));
+        set(&mut c.tls_cipher, self.tls.as_ref().map(|t| t.cipher.as_str()));
+        set(&mut c.reverse_dns, self.rdns.as_deref());
+        set(&mut c.helo, self.helo.as_deref());
+        set(&mut c.auth_user, self.auth_user.as_deref());
+        let env = &mut ctx.envelope;
+        match &self.tx {
+            None => {
+                if env.sender.is_some() || !env.recipients.is_empty() || !env.sender_params.is_empty() {
+                    *env = plugin::Envelope::default();
+                }
+            }
+            Some(tx) => {
+                set(&mut env.sender, Some(&tx.sender));
+                if env.sender_params != tx.sender_params {
+                    env.sender_params.clone_from(&tx.sender_params);
+                }
+                // Recipients are mostly appended: copy only the new ones.
+                let kept = env.recipients.iter().zip(&tx.rcpts).take_while(|(a, r)| **a == r.address).count();
+                env.recipients.truncate(kept);
+                env.recipients.extend(tx.rcpts[kept..].iter().map(|r| r.address.clone()));
+            }
         }
+        let (recipient, params) = match recipient {
+            Some((r, p)) => (Some(r.to_string()), p),
+            None => (None, Vec::new()),
+        };
+        ctx.recipient = recipient;
+        ctx.recipient_params = params;
+        ctx.tags = std::mem::take(&mut self.tags);
+        ctx.symbols = std::mem::take(&mut self.symbols);
+        ctx.size = 0;
+        ctx.headers = None;
+        ctx
     }
 
     /// Runs a stage's pipeline and keeps its tags, symbols and decisions.
-    async fn run_stage(&mut self, stage: StageName, recipient: Option<&str>, message: Option<(Arc<Vec<u8>>, Arc<str>)>) -> StageOutcome {
+    async fn run_stage(&mut self, stage: StageName, recipient: Option<(&str, Vec<wit::Param>)>, message: Option<(Arc<Vec<u8>>, Arc<str>)>) -> StageOutcome {
         let mut ctx = self.plugin_ctx(recipient);
         let body = message.map(|(b, h)| {
             ctx.size = b.len() as u64;
@@ -244,16 +277,18 @@ impl Session {
             b
         });
         let out = self.policy.run(stage, &mut ctx, body).await;
-        self.tags = ctx.tags;
-        self.symbols = ctx.symbols;
-        self.trail.extend(out.trail.iter().cloned());
+        self.tags = std::mem::take(&mut ctx.tags);
+        self.symbols = std::mem::take(&mut ctx.symbols);
+        ctx.headers = None;
         if refusal(&out).is_some() {
             tracing::info!(
                 peer = %self.peer, listener = %self.ctx.name, stage = stage.as_str(),
-                sender = ?self.tx.as_ref().map(|t| t.sender.clone()), recipient = ?recipient,
+                sender = ?self.tx.as_ref().map(|t| t.sender.clone()), recipient = ?ctx.recipient,
                 decisions = ?out.trail, "refused by policy"
             );
         }
+        self.trail.extend(out.trail.iter().cloned());
+        self.pctx = Some(ctx);
         out
     }
 
@@ -305,6 +340,11 @@ impl Session {
             Request::Lhlo { .. } => self.reply(Reply::new(500, "5.5.1", "LHLO is for LMTP, this is SMTP")),
             Request::Mail { from } => {
                 let mut r = self.mail(from);
+                if r.code == 250 && self.policy.is_enabled() {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.sender_params = esmtp_params(line);
+                    }
+                }
                 if r.code == 250 && self.policy.is_active(StageName::MailFrom) {
                     let out = self.run_stage(StageName::MailFrom, None, None).await;
                     if let Some((refused, close)) = refusal(&out) {
@@ -326,7 +366,7 @@ impl Session {
                 let address = to.address.to_string();
                 let (r, added) = self.rcpt(to);
                 if added && self.policy.is_active(StageName::RcptTo) {
-                    let out = self.run_stage(StageName::RcptTo, Some(&address), None).await;
+                    let out = self.run_stage(StageName::RcptTo, Some((&address, esmtp_params(line))), None).await;
                     if let Some((refused, close)) = refusal(&out) {
                         if let Some(tx) = self.tx.as_mut() {
                             tx.rcpts.retain(|r| r.address != address);
@@ -502,6 +542,7 @@ impl Session {
         let r = Reply::new(250, "2.1.0", format!("Sender <{address}> OK"));
         self.tx = Some(Transaction {
             sender: address,
+            sender_params: Vec::new(),
             body_type: if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
                 BodyType::EightBitMime
             } else {
@@ -1150,4 +1191,62 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The ESMTP parameters of a MAIL or RCPT line as the client sent them
+/// (names upper-cased, values as written): what follows the `<path>`.
+fn esmtp_params(line: &[u8]) -> Vec<wit::Param> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    let rest = match text.find('<') {
+        Some(open) => {
+            // The path's end: the first '>' outside a quoted local part.
+            let (mut quoted, mut escaped, mut end) = (false, false, None);
+            for (i, ch) in text[open + 1..].char_indices() {
+                match ch {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => quoted = !quoted,
+                    '>' if !quoted => {
+                        end = Some(open + 1 + i + 1);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match end {
+                Some(e) => &text[e..],
+                None => "",
+            }
+        }
+        // No angle brackets: "MAIL FROM:addr PARAMS".
+        None => text.split_once(':').map(|(_, r)| r.trim_start()).and_then(|r| r.split_once(' ')).map(|(_, p)| p).unwrap_or(""),
+    };
+    rest.split_ascii_whitespace()
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => wit::Param { name: n.to_ascii_uppercase(), value: Some(v.to_string()) },
+            None => wit::Param { name: p.to_ascii_uppercase(), value: None },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esmtp_params_are_what_follows_the_path() {
+        let names = |line: &str| -> Vec<(String, Option<String>)> { esmtp_params(line.as_bytes()).into_iter().map(|p| (p.name, p.value)).collect() };
+        assert_eq!(
+            names("MAIL FROM:<a@b.example> size=1000 BODY=8BITMIME SMTPUTF8\r\n"),
+            vec![("SIZE".into(), Some("1000".into())), ("BODY".into(), Some("8BITMIME".into())), ("SMTPUTF8".into(), None)]
+        );
+        assert_eq!(names("RCPT TO:<\"odd>name\"@b.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+40y"), vec![
+            ("NOTIFY".into(), Some("SUCCESS,FAILURE".into())),
+            ("ORCPT".into(), Some("rfc822;x+40y".into()))
+        ]);
+        assert!(names("MAIL FROM:<>").is_empty());
+        assert!(names("MAIL FROM:<unclosed SIZE=1").is_empty());
+        assert_eq!(names("MAIL FROM:a@b SIZE=5"), vec![("SIZE".into(), Some("5".into()))]);
+    }
 }

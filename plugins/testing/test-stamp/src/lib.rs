@@ -12,9 +12,13 @@ impl Plugin for Stamp {
         let lines = body.split(|b| *b == b'\n').count();
         let n = host::kv::incr("messages", 1, Some(3600));
         let client = ctx.tag("client").unwrap_or("none").to_string();
+        let size = ctx.envelope.sender_params.iter().find(|p| p.name == "SIZE").and_then(|p| p.value.as_deref()).unwrap_or("none");
         let mut d = Decision::next()
             .because(format!("stamped message {n}"))
-            .with(Change::AddHeader(Header { name: "X-Weir-Stamp".into(), value: format!("n={n} lines={lines} client={client} score={}", ctx.score()) }))
+            .with(Change::AddHeader(Header {
+                name: "X-Weir-Stamp".into(),
+                value: format!("n={n} lines={lines} client={client} score={} size={size}", ctx.score()),
+            }))
             .with(Change::RemoveHeader("X-Internal".into()))
             .with(Change::SetTag("stamped".into(), "yes".into()));
         if let Some(s) = ctx.header("Subject") {
