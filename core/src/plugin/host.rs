@@ -1,14 +1,13 @@
 //! The host capabilities a plugin may be granted: log, config, clock, kv,
 //! dns, body, files and mail-auth (its machinery is in `mail_auth`). Each
 //! checks its grant first; an ungranted call traps, which ends the call
-//! with a "refused" fault and the step's on_error.
+//! with a "refused" fault and the step's on_error. Only dns and mail-auth
+//! wait, so only they are async (a sync host call costs less).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Result;
-
-
-use std::sync::Arc;
 
 use super::weir::plugin::{body, clock, config, dns, files, kv, log, mail_auth, types};
 use super::PluginState;
@@ -18,7 +17,7 @@ use crate::policy::types::Grant;
 impl types::Host for PluginState {}
 
 impl log::Host for PluginState {
-    async fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+    fn write(&mut self, level: log::Level, message: String) -> Result<()> {
         self.require(Grant::Log)?;
         let name = &self.plugin.name;
         let message: String = message.chars().take(4096).collect();
@@ -33,14 +32,14 @@ impl log::Host for PluginState {
 }
 
 impl config::Host for PluginState {
-    async fn get(&mut self) -> Result<String> {
+    fn get(&mut self) -> Result<String> {
         self.require(Grant::Config)?;
         Ok(self.config_json.to_string())
     }
 }
 
 impl files::Host for PluginState {
-    async fn read(&mut self, name: String) -> Result<Result<Vec<u8>, String>> {
+    fn read(&mut self, name: String) -> Result<Result<Vec<u8>, String>> {
         self.require(Grant::Files)?;
         Ok(match self.plugin.files.get(&name) {
             Some(bytes) => Ok(bytes.as_ref().clone()),
@@ -50,7 +49,7 @@ impl files::Host for PluginState {
 }
 
 impl clock::Host for PluginState {
-    async fn now_ms(&mut self) -> Result<u64> {
+    fn now_ms(&mut self) -> Result<u64> {
         self.require(Grant::Clock)?;
         Ok(crate::queue::id::now_ms())
     }
@@ -67,17 +66,17 @@ impl PluginState {
 }
 
 impl kv::Host for PluginState {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         Ok(self.store()?.get(&self.plugin.name, &key))
     }
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<u32>) -> Result<()> {
+    fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<u32>) -> Result<()> {
         self.store()?.set(&self.plugin.name, &key, &value, ttl);
         Ok(())
     }
-    async fn incr(&mut self, key: String, delta: i64, ttl: Option<u32>) -> Result<i64> {
+    fn incr(&mut self, key: String, delta: i64, ttl: Option<u32>) -> Result<i64> {
         Ok(self.store()?.incr(&self.plugin.name, &key, delta, ttl))
     }
-    async fn delete(&mut self, key: String) -> Result<()> {
+    fn delete(&mut self, key: String) -> Result<()> {
         self.store()?.delete(&self.plugin.name, &key);
         Ok(())
     }
@@ -127,7 +126,7 @@ impl dns::Host for PluginState {
 }
 
 impl body::Host for PluginState {
-    async fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+    fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
         self.require(Grant::Body)?;
         let Some(b) = &self.body else {
             return Ok(Vec::new());

@@ -34,7 +34,13 @@ use crate::policy::types::{BreakerConfig, Grant, PluginDecl, StageName};
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../sdk/wit",
-    imports: { default: async | trappable },
+    // Only the capabilities that wait (DNS, mail-auth) are async: a sync
+    // host call is cheaper, and the rest never block.
+    imports: {
+        "weir:plugin/dns": async | trappable,
+        "weir:plugin/mail-auth": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     // Told compares what an instance was told with what is true now.
     additional_derives: [PartialEq],
