@@ -477,3 +477,68 @@ pipelines:
     assert_eq!(count("rcpt_fresh", "new"), 3.0, "{m}");
     assert_eq!(count("rcpt_fresh", "reused"), 0.0, "{m}");
 }
+
+/// Idle instances count against `max_instances`: when the allocator runs
+/// out, they are dropped and the new session still gets its instance.
+#[test]
+fn idle_instances_give_way_when_the_allocator_runs_out() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  first:
+    bind: 127.0.0.1:{{port:first}}
+    tls: none
+    pipeline: p_first
+  second:
+    bind: 127.0.0.1:{{port:second}}
+    tls: none
+    pipeline: p_second
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+plugin_runtime:
+  max_instances: 16
+plugins:
+  first:
+    path: {rcpt}
+    grants: [symbols, route]
+  second:
+    path: {rcpt}
+    grants: [symbols, route]
+pipelines:
+  p_first:
+    rcpt_to: [{{plugin: first}}]
+  p_second:
+    rcpt_to: [{{plugin: second}}]
+"#,
+        rcpt = plugin("test_rcpt_guard"),
+    );
+    let s = Server::start(&cfg);
+    // Sixteen sessions at once hold every slot there is...
+    let mut held: Vec<Smtp> = (0..16)
+        .map(|_| {
+            let mut c = Smtp::connect(s.port("first"));
+            c.cmd("EHLO client.test").is(250, "");
+            c.cmd("MAIL FROM:<a@example.org>").is(250, "");
+            c
+        })
+        .collect();
+    for c in held.iter_mut() {
+        c.cmd("RCPT TO:<postmaster@localhost>").is(250, "");
+    }
+    // ...and keep them, idle, when they end.
+    for mut c in held {
+        c.cmd("QUIT");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Smtp::connect(s.port("second"));
+    c.cmd("EHLO client.test").is(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").is(250, "");
+    c.cmd("RCPT TO:<postmaster@localhost>").is(250, "2.1.5");
+    assert!(s.log().contains("plugin instance pool exhausted; dropped idle instances"), "{}", s.log());
+    let m = s.metrics();
+    assert_eq!(metric_value(&m, "weir_plugin_faults_total", &[]), 0.0, "{m}");
+}

@@ -185,7 +185,7 @@ impl PluginState {
 
 /// A plugin compiled and linked, ready to instantiate.
 pub struct LoadedPlugin {
-    pub name: String,
+    pub name: Arc<str>,
     pub grants: Vec<Grant>,
     pub stages: Vec<StageName>,
     pub memory_cap: usize,
@@ -211,7 +211,7 @@ impl LoadedPlugin {
     }
 
     fn record_fault(&self, kind: FaultKind) {
-        metrics::counter!("weir_plugin_faults_total", "plugin" => self.name.clone(), "kind" => kind.as_str()).increment(1);
+        metrics::counter!("weir_plugin_faults_total", "plugin" => self.name.to_string(), "kind" => kind.as_str()).increment(1);
         let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         f.push_back(now);
@@ -225,7 +225,7 @@ impl LoadedPlugin {
                 window = ?self.breaker.window,
                 "CIRCUIT BREAKER OPEN: plugin switched off until the next reload; its steps' on_error applies"
             );
-            metrics::gauge!("weir_plugin_circuit_open", "plugin" => self.name.clone()).set(1.0);
+            metrics::gauge!("weir_plugin_circuit_open", "plugin" => self.name.to_string()).set(1.0);
         }
     }
 }
@@ -253,7 +253,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             cache_dir: None,
             dns_budget: Duration::from_secs(2),
-            idle_instances: 32,
+            idle_instances: 64,
         }
     }
 }
@@ -399,7 +399,7 @@ impl Runtime {
             files.insert(file_name.clone(), Arc::new(bytes));
         }
         let mut plugin = LoadedPlugin {
-            name: name.to_string(),
+            name: Arc::from(name),
             grants: decl.grants.clone(),
             stages: Vec::new(),
             memory_cap,

@@ -71,7 +71,7 @@ pub fn parse(body: &[u8]) -> Vec<wit::Header> {
 }
 
 /// Whether any of `changes` adds, removes or replaces a header.
-pub fn changes_headers(changes: &[(String, wit::Change)]) -> bool {
+pub fn changes_headers(changes: &[(std::sync::Arc<str>, wit::Change)]) -> bool {
     changes
         .iter()
         .any(|(_, c)| matches!(c, wit::Change::AddHeader(_) | wit::Change::RemoveHeader(_) | wit::Change::ReplaceHeader(_)))
@@ -125,7 +125,7 @@ fn field(name: &str, value: &str) -> Vec<u8> {
 /// Applies header changes to the message; `keep` octets at the front
 /// (Weir's Received: header) stay first and unchanged. New fields go right
 /// after them; a replaced field takes the place of the first it replaces.
-pub fn apply(body: Vec<u8>, keep: usize, changes: &[(String, wit::Change)]) -> Vec<u8> {
+pub fn apply(body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::Change)]) -> Vec<u8> {
     let relevant: Vec<&wit::Change> = changes
         .iter()
         .map(|(_, c)| c)
@@ -176,7 +176,7 @@ pub fn apply(body: Vec<u8>, keep: usize, changes: &[(String, wit::Change)]) -> V
 mod tests {
     use super::*;
 
-    fn ch(c: wit::Change) -> (String, wit::Change) {
+    fn ch(c: wit::Change) -> (std::sync::Arc<str>, wit::Change) {
         ("p".into(), c)
     }
 

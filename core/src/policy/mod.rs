@@ -10,6 +10,7 @@ pub mod fixture;
 pub mod headers;
 pub mod types;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -22,19 +23,36 @@ use crate::config::Config;
 use crate::plugin::{note_fault, wit, Context, Fault, FaultKind, HostServices, Instance, InstancePool, LoadedPlugin, LoadedPlugins, Runtime};
 use types::{Grant, OnError, PolicyContext, StageName, Step, When};
 
-/// One step's decision, kept with the message (`weir queue show`).
+/// One step's decision, kept with the message (`weir queue show`). Names
+/// are shared and verdict words static: a record is cloned into the
+/// session's trail and every message's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
-    pub plugin: String,
+    #[serde(with = "shared_str")]
+    pub plugin: Arc<str>,
     pub stage: StageName,
     /// continue, accept, reject, tempfail, discard, quarantine, disconnect,
     /// or fault:<kind> (then `applied` says what on_error made of it).
-    pub verdict: String,
+    pub verdict: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
     pub micros: u64,
+}
+
+/// An `Arc<str>` as a plain string in the stored form.
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
 }
 
 /// A stage's result.
@@ -53,8 +71,9 @@ pub struct StageOutcome {
     /// None: every step said continue.
     pub verdict: Option<Final>,
     /// Changes other than tags and symbols (those are applied to the
-    /// context as they come, so later steps see them).
-    pub changes: Vec<(String, wit::Change)>,
+    /// context as they come, so later steps see them), with the plugin
+    /// that asked.
+    pub changes: Vec<(Arc<str>, wit::Change)>,
     pub trail: Vec<DecisionRecord>,
 }
 
@@ -395,7 +414,7 @@ impl SessionPolicy {
                 }
             };
             let origin = if reused { "reused" } else { "new" };
-            metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.name.clone(), "origin" => origin).increment(1);
+            metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.name.to_string(), "origin" => origin).increment(1);
             *entry = Some(inst);
         }
         let Some(inst) = entry.as_mut() else {
@@ -437,7 +456,7 @@ impl SessionPolicy {
             let mut record = DecisionRecord {
                 plugin: name.clone(),
                 stage,
-                verdict: String::new(),
+                verdict: Cow::Borrowed(""),
                 reason: None,
                 recipient: ctx.recipient.clone(),
                 micros: elapsed.as_micros() as u64,
@@ -447,7 +466,7 @@ impl SessionPolicy {
                     let i = verdict_index(&d.verdict);
                     let v = VERDICTS[i];
                     step.verdicts[i].increment(1);
-                    record.verdict = v.to_string();
+                    record.verdict = Cow::Borrowed(v);
                     record.reason = d.reason.clone();
                     out.trail.push(record);
                     for c in d.changes {
@@ -480,7 +499,7 @@ impl SessionPolicy {
                         plugin = %name, stage = stage.as_str(), fault = f.kind.as_str(), error = %f.message,
                         on_error = ?step.on_error, "plugin fault"
                     );
-                    record.verdict = format!("fault:{}", f.kind.as_str());
+                    record.verdict = Cow::Owned(format!("fault:{}", f.kind.as_str()));
                     record.reason = Some(format!("{} (on_error: {:?})", f.message, step.on_error).to_lowercase());
                     out.trail.push(record);
                     match step.on_error {
