@@ -107,10 +107,13 @@ CF
 }
 
 # run PORT (smtp-source -d, $MESSAGES messages to postmaster@localhost) SIZE SESSIONS -> prints messages/second
+# With ONE_PER_SESSION=1, every message has its own connection (no -d), as
+# most inbound MX traffic does.
 run() {
-  local port=$1 size=$2 sessions=$3 start end
+  local port=$1 size=$2 sessions=$3 start end reuse=-d
+  [ "${ONE_PER_SESSION:-}" = 1 ] && reuse=
   start=$(date +%s.%N)
-  smtp-source -d -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
+  smtp-source $reuse -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
     -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
   end=$(date +%s.%N)
   python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"

@@ -8,7 +8,9 @@
 #   make plugins && benches/plugin-accept-rate.sh     (or: make bench)
 # Environment: MESSAGES (default 4000), SIZES, SESSIONS, WEIR;
 # PIPELINE=noop runs five plugins that only say continue at every stage
-# (the runtime's own cost, without the test plugins' work).
+# (the runtime's own cost, without the test plugins' work);
+# ONE_PER_SESSION=1 gives every message its own connection (smtp-source
+# without -d), as most inbound MX traffic comes.
 source "$(dirname "$0")/lib.sh"
 MESSAGES=${MESSAGES:-4000}
 SIZES=${SIZES:-"1024 10240"}
@@ -62,7 +64,8 @@ best() { # "rate cpu" lines -> best rate, lowest cpu
   python3 -c "import sys; v=[l.split() for l in sys.stdin if l.strip()]; print(max(int(a) for a,b in v), min(int(b) for a,b in v))"
 }
 
-echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), smtp-source -d, $MESSAGES messages per run; $(versions)"
+mode="smtp-source -d"; [ "${ONE_PER_SESSION:-}" = 1 ] && mode="smtp-source, one message per session"
+echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), $mode, $MESSAGES messages per run; $(versions)"
 echo "Weir runs alternate plain/pipeline three times per cell (the disk's fsync time varies from run to run);"
 echo "the table shows the best rate of each and the lowest Weir CPU time per message."
 echo

@@ -10,6 +10,10 @@
 //! (not counted), as the server's networking and queue do between a
 //! session's messages, so that the plugins' caches are cold as in a server.
 //!
+//! `pipeline_session/*` is the same with a whole session per message
+//! (connect and helo too), as most inbound MX traffic comes: instances are
+//! taken from the pool and told a new session began.
+//!
 //!   make plugins && cargo bench --bench plugin_call    (or: make bench)
 
 use std::sync::Arc;
@@ -202,6 +206,52 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
                         ctx.size = 0;
                         ctx.tags.truncate(1);
                         ctx.symbols.clear();
+                        spent += start.elapsed();
+                    }
+                    spent
+                })
+            })
+        });
+    }
+    group.finish();
+    // A whole session per message (most inbound MX traffic): instances
+    // come from the pool, every plugin is told a new session began.
+    let mut group = c.benchmark_group("pipeline_session");
+    for (suffix, pollute) in [("", 0usize), ("_cold", 4 << 20)] {
+        let mut junk = vec![1u8; pollute.max(1)];
+        group.bench_function(format!("{name}{suffix}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    for i in 0..iters {
+                        if pollute > 0 {
+                            for k in (0..junk.len()).step_by(64) {
+                                junk[k] = junk[k].wrapping_add(1);
+                            }
+                        }
+                        let start = Instant::now();
+                        let mut sp = SessionPolicy::new(policy.clone(), Some("five".into()));
+                        let mut ctx = ctx();
+                        ctx.connection.remote_port = 40000 + (i % 20000) as u16;
+                        ctx.envelope = Envelope::default();
+                        ctx.recipient = None;
+                        sp.run(StageName::Connect, &mut ctx, None).await;
+                        ctx.connection.helo = Some("bench.client".into());
+                        sp.run(StageName::Helo, &mut ctx, None).await;
+                        ctx.envelope.sender = Some("bench@example.org".into());
+                        sp.run(StageName::MailFrom, &mut ctx, None).await;
+                        ctx.recipient = Some("postmaster@localhost".into());
+                        let o = sp.run(StageName::RcptTo, &mut ctx, None).await;
+                        assert!(o.verdict.is_none(), "{:?}", o.trail);
+                        ctx.envelope.recipients.push("postmaster@localhost".into());
+                        ctx.recipient = None;
+                        ctx.size = body.len() as u64;
+                        ctx.headers = Some(headers.clone());
+                        for stage in [StageName::Data, StageName::Route] {
+                            let o = sp.run(stage, &mut ctx, Some(body.clone())).await;
+                            assert!(o.verdict.is_none(), "{:?}", o.trail);
+                        }
+                        drop(sp);
                         spent += start.elapsed();
                     }
                     spent
