@@ -542,3 +542,61 @@ pipelines:
     let m = s.metrics();
     assert_eq!(metric_value(&m, "weir_plugin_faults_total", &[]), 0.0, "{m}");
 }
+
+/// A stateless plugin's calls run on whichever instance is idle, so a few
+/// instances serve many sessions at once; each call still sees its own
+/// session's facts (stamp writes the session's HELO name into the message).
+#[test]
+fn stateless_plugins_share_instances_and_each_call_sees_its_own_session() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  mx:
+    bind: 127.0.0.1:{{port:mx}}
+    tls: none
+    pipeline: p
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+plugins:
+  stamp:
+    path: {stamp}
+    grants: [body, kv, headers, tags]
+  rcpt:
+    path: {rcpt}
+    grants: [symbols, route]
+pipelines:
+  p:
+    rcpt_to: [{{plugin: rcpt}}]
+    data: [{{plugin: stamp}}]
+"#,
+        stamp = plugin("test_stamp"),
+        rcpt = plugin("test_rcpt_guard"),
+    );
+    let s = Server::start(&cfg);
+    const N: usize = 6;
+    let mut sessions: Vec<Smtp> = (0..N)
+        .map(|i| {
+            let mut c = Smtp::connect(s.port("mx"));
+            c.cmd(&format!("EHLO s{i}.test")).is(250, "");
+            c
+        })
+        .collect();
+    // Every session's transactions interleave with the others'.
+    for round in 0..2 {
+        for (i, c) in sessions.iter_mut().enumerate().rev() {
+            let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: {round}\r\n\r\nx")));
+            let raw = String::from_utf8(s.queue_raw(&id)).unwrap();
+            assert!(raw.contains(&format!(" helo=s{i}.test\r\n")), "session {i} round {round}: {raw}");
+        }
+    }
+    let m = s.metrics();
+    let count = |plugin: &str, origin: &str| metric_value(&m, "weir_plugin_instances_total", &[&format!("plugin=\"{plugin}\""), &format!("origin=\"{origin}\"")]);
+    assert!(count("stamp", "new") <= 2.0, "one or two stamp instances serve {N} sessions:\n{m}");
+    assert!(count("stamp", "reused") >= (2 * N - 2) as f64, "{m}");
+    // rcpt keeps per-session state: an instance of its own in each session.
+    assert_eq!(count("rcpt", "new"), N as f64, "{m}");
+}

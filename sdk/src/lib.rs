@@ -46,6 +46,18 @@ pub trait Plugin: Default {
     /// pipeline is refused when the policy is loaded.
     const STAGES: &'static [Stage];
 
+    /// Whether the plugin keeps nothing in its fields from one call of a
+    /// session to the next. A stateless plugin's calls may run on any
+    /// instance — Weir then keeps a few warm instances for all sessions
+    /// instead of one per session, which is much faster with many sessions
+    /// at once. Leave it false if a method reads what an earlier one wrote
+    /// in `self` (a counter, a result kept from mail_from for data): such a
+    /// plugin gets an instance of its own for each session. (A plugin that
+    /// says true but keeps state anyway loses it, since every switch to
+    /// another session starts it from a fresh value; it never sees another
+    /// session's.)
+    const STATELESS: bool = false;
+
     fn connect(&mut self, _ctx: &Context) -> Decision {
         Decision::next()
     }
@@ -96,8 +108,11 @@ macro_rules! export_plugin {
                 static STATE: ::core::cell::RefCell<Option<$crate::convert::Exported<$ty>>> = const { ::core::cell::RefCell::new(None) };
             }
             impl $crate::bindings::Guest for Exported {
-                fn handles() -> Vec<wit::Stage> {
-                    <$ty as $crate::Plugin>::STAGES.iter().map(|s| $crate::convert::stage_to_wit(*s)).collect()
+                fn describe() -> wit::PluginInfo {
+                    wit::PluginInfo {
+                        stages: <$ty as $crate::Plugin>::STAGES.iter().map(|s| $crate::convert::stage_to_wit(*s)).collect(),
+                        stateless: <$ty as $crate::Plugin>::STATELESS,
+                    }
                 }
                 fn on_stage(e: wit::Event) -> wit::Decision {
                     STATE.with(|s| $crate::convert::on_stage::<$ty>(s, e))

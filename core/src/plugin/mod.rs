@@ -4,7 +4,8 @@
 //! allocator; one instance per plugin per SMTP session, created when first
 //! needed, and kept in an [`InstancePool`] after the session for a later
 //! one (the guest is told a new session began and starts afresh; see
-//! `event`). Every call runs under the plugin's memory cap and time budget
+//! `event`); a plugin that says it is stateless takes an idle instance for
+//! each call instead (`policy`). Every call runs under the plugin's memory cap and time budget
 //! (epoch interruption, yielding to other tasks at every tick). A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
 //! only and is reported as a [`Fault`]; too many faults in a window switch
@@ -194,6 +195,8 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Whether an instance may serve later sessions (`reuse_instances`).
     pub reuse: bool,
+    /// The plugin says it keeps no per-session state (`describe`).
+    pub stateless: bool,
     pre: PluginPre<PluginState>,
     breaker: BreakerConfig,
     faults: Mutex<VecDeque<Instant>>,
@@ -407,13 +410,14 @@ impl Runtime {
             default_config: decl.config.clone(),
             sha256: hash,
             reuse: decl.reuse_instances,
+            stateless: false,
             pre,
             breaker: decl.circuit_breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
             disabled: AtomicBool::new(false),
             files,
         };
-        // Ask it which stages it handles, in a throw-away instance.
+        // Ask it what it is, in a throw-away instance.
         let probe = Arc::new(LoadedPlugin {
             name: plugin.name.clone(),
             grants: Vec::new(),
@@ -423,6 +427,7 @@ impl Runtime {
             default_config: None,
             sha256: plugin.sha256.clone(),
             reuse: false,
+            stateless: false,
             pre: plugin.pre.clone(),
             breaker: plugin.breaker.clone(),
             faults: Mutex::new(VecDeque::new()),
@@ -430,9 +435,10 @@ impl Runtime {
             files: HashMap::new(),
         });
         let mut inst = Instance::new(self, probe, services.clone()).await.map_err(|f| anyhow!("{}", f.message))?;
-        let stages = inst.handles().await.map_err(|f| anyhow!("asking {name} which stages it handles: {}", f.message))?;
-        plugin.stages = stages;
-        tracing::info!(plugin = %name, path = %path.display(), stages = ?plugin.stages, "plugin loaded");
+        let info = inst.describe().await.map_err(|f| anyhow!("asking {name} what it is: {}", f.message))?;
+        plugin.stages = info.stages.into_iter().map(stage_from_wit).collect();
+        plugin.stateless = info.stateless;
+        tracing::info!(plugin = %name, path = %path.display(), stages = ?plugin.stages, stateless = plugin.stateless, "plugin loaded");
         Ok(Arc::new(plugin))
     }
 }
@@ -519,19 +525,28 @@ impl Runtime {
     }
 }
 
-/// Instances of a policy's plugins between sessions, by plugin slot.
+/// Idle instances of a policy's plugins, by plugin slot: between sessions,
+/// and for stateless plugins between calls.
 pub struct InstancePool {
     slots: Vec<Mutex<Vec<Instance>>>,
     idle_cap: usize,
 }
 
 impl InstancePool {
-    /// An idle instance of the plugin in `slot`, if one is kept.
-    pub fn take(&self, slot: usize) -> Option<Instance> {
-        self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    /// An idle instance of the plugin in `slot`, if one is kept: one that
+    /// last served `session` if one of the most recently used did (it needs
+    /// to be told only what changed), else the most recently used (the
+    /// warmest).
+    pub fn take(&self, slot: usize, session: u64) -> Option<Instance> {
+        let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = idle.len().saturating_sub(8);
+        match idle[recent..].iter().rposition(|i| i.session == session) {
+            Some(i) => Some(idle.remove(recent + i)),
+            None => idle.pop(),
+        }
     }
 
-    /// Keeps an instance whose session ended for a later session, unless
+    /// Keeps an instance whose session (or call) ended for a later one, unless
     /// its plugin is not to be reused, it broke, it has grown past half its
     /// memory cap (a leak would otherwise end in a fault), or enough are
     /// kept already.
@@ -563,6 +578,8 @@ pub struct Instance {
     bindings: Plugin,
     /// What the guest was told (see `event`).
     told: event::Told,
+    /// The session it serves or last served (0: none yet).
+    session: u64,
     /// The next call is the first of a session.
     new_session: bool,
     /// Set when a call was cut off mid-way: the instance must not be reused.
@@ -604,15 +621,20 @@ impl Instance {
             store,
             bindings,
             told: event::Told::default(),
+            session: 0,
             new_session: true,
             broken: false,
         })
     }
 
-    /// Starts a new session on this instance: the guest will be told so,
-    /// and told every fact again.
-    pub fn begin_session(&mut self) {
-        self.new_session = true;
+    /// Makes the instance serve `session` (a number unique in the process):
+    /// if it served another before, the guest will be told a new session
+    /// began, and told every fact again.
+    pub fn serve(&mut self, session: u64) {
+        if self.session != session {
+            self.session = session;
+            self.new_session = true;
+        }
     }
 
     /// How large the guest's memory has grown.
@@ -620,13 +642,10 @@ impl Instance {
         self.store.data().memory_size
     }
 
-    async fn handles(&mut self) -> Result<Vec<StageName>, Fault> {
+    async fn describe(&mut self) -> Result<wit::PluginInfo, Fault> {
         self.begin_call(Instant::now(), None, None);
-        let r = self.bindings.call_handles(&mut self.store).await;
-        match r {
-            Ok(v) => Ok(v.into_iter().map(stage_from_wit).collect()),
-            Err(e) => Err(classify(&mut self.store, e)),
-        }
+        let r = self.bindings.call_describe(&mut self.store).await;
+        r.map_err(|e| classify(&mut self.store, e))
     }
 
     fn begin_call(&mut self, started: Instant, config: Option<Arc<str>>, body: Option<Arc<Vec<u8>>>) {

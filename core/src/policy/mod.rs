@@ -2,7 +2,8 @@
 //! one configuration ([`Policy`], swapped whole on reload), and a session's
 //! view of it ([`SessionPolicy`]: its instances, taken from the policy's
 //! pool or created when first needed, and given back when the session
-//! ends). Running a stage walks its steps in order, skipping those whose
+//! ends; a stateless plugin's instance is taken and given back around each
+//! call). Running a stage walks its steps in order, skipping those whose
 //! `when:` does not hold, until a verdict other than continue; a fault
 //! becomes the step's `on_error`. Every step's decision is recorded.
 
@@ -79,6 +80,9 @@ pub struct StageOutcome {
 
 struct PreparedStep {
     plugin: Arc<LoadedPlugin>,
+    /// Its calls may run on any instance (the plugin is stateless and
+    /// instances may be reused): one is checked out per call.
+    shared: bool,
     /// The plugin's index in the policy (its instances and pool).
     slot: usize,
     config_json: Arc<str>,
@@ -90,6 +94,8 @@ struct PreparedStep {
     /// Metric handles made once, not per call.
     latency: metrics::Histogram,
     verdicts: [metrics::Counter; 7],
+    /// weir_plugin_instances_total: new, reused.
+    instances: [metrics::Counter; 2],
 }
 
 /// Verdict names, in `verdict_index` order (metric labels and the trail).
@@ -212,6 +218,8 @@ pub fn build(config: &Config, plugins: LoadedPlugins, runtime: Arc<Runtime>, ser
                 stages[stage as usize].push(PreparedStep {
                     latency: metrics::histogram!("weir_plugin_call_seconds", "plugin" => plugin.clone(), "stage" => stage.as_str()),
                     verdicts: VERDICTS.map(labels),
+                    instances: ["new", "reused"].map(|o| metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.clone(), "origin" => o)),
+                    shared: loaded.stateless && loaded.reuse,
                     plugin: loaded.clone(),
                     slot,
                     config_json: Arc::from(config_json),
@@ -348,11 +356,17 @@ fn reply(code: u16, enhanced: &str, text: &str) -> wit::Reply {
     }
 }
 
+/// Numbers sessions, so that an instance knows when it serves another.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A session's use of the policy it started with.
 pub struct SessionPolicy {
     policy: Arc<Policy>,
     pipeline: Option<Arc<Pipeline>>,
-    /// The session's instances, by plugin slot.
+    /// This session's number (see `Instance::serve`).
+    id: u64,
+    /// The session's own instances (plugins with per-session state), by
+    /// plugin slot.
     instances: Vec<Option<Instance>>,
 }
 
@@ -373,7 +387,8 @@ impl SessionPolicy {
     pub fn new(policy: Arc<Policy>, pipeline: Option<String>) -> SessionPolicy {
         let pipeline = pipeline.and_then(|p| policy.pipelines.get(&p).cloned());
         let instances = (0..policy.slots).map(|_| None).collect();
-        SessionPolicy { policy, pipeline, instances }
+        let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SessionPolicy { policy, pipeline, id, instances }
     }
 
     /// Whether the session runs a pipeline at all.
@@ -383,6 +398,32 @@ impl SessionPolicy {
 
     pub fn is_active(&self, stage: StageName) -> bool {
         self.pipeline.as_ref().is_some_and(|p| !p.stages[stage as usize].is_empty())
+    }
+
+    /// An instance for `step` to serve session `id`: an idle one from the
+    /// pool, or a new one. (Not a method: the future must not hold a
+    /// reference to the session's own instances, which are not `Sync`.)
+    async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Instance, Fault> {
+        let mut inst = match policy.pool.as_ref().and_then(|p| p.take(step.slot, id)) {
+            Some(i) => {
+                step.instances[1].increment(1);
+                i
+            }
+            None => {
+                let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
+                    return Err(Fault {
+                        kind: FaultKind::Trap,
+                        message: "no plugin runtime".into(),
+                        pool_exhausted: false,
+                    });
+                };
+                let i = rt.instantiate(step.plugin.clone(), services.clone()).await?;
+                step.instances[0].increment(1);
+                i
+            }
+        };
+        inst.serve(id);
+        Ok(inst)
     }
 
     async fn call(&mut self, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
@@ -395,36 +436,32 @@ impl SessionPolicy {
         if plugin.is_disabled() {
             return Err(fault(FaultKind::Disabled, "switched off by its circuit breaker"));
         }
-        let Some(entry) = self.instances.get_mut(step.slot) else {
-            return Err(fault(FaultKind::Trap, "no instance slot for the plugin"));
-        };
-        if entry.is_none() {
-            let pooled = self.policy.pool.as_ref().and_then(|p| p.take(step.slot));
-            let reused = pooled.is_some();
-            let inst = match pooled {
-                Some(mut i) => {
-                    i.begin_session();
-                    i
-                }
-                None => {
-                    let (Some(rt), Some(services)) = (&self.policy.runtime, &self.policy.services) else {
-                        return Err(fault(FaultKind::Trap, "no plugin runtime"));
-                    };
-                    rt.instantiate(plugin.clone(), services.clone()).await?
-                }
+        let r = if step.shared {
+            // A stateless plugin: an instance for this call only.
+            let mut inst = Self::acquire(&self.policy, self.id, step).await?;
+            let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+            if let Some(pool) = &self.policy.pool {
+                pool.give_back(step.slot, inst);
+            }
+            r
+        } else {
+            if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
+                let inst = Self::acquire(&self.policy, self.id, step).await?;
+                self.instances[step.slot] = Some(inst);
+            }
+            let Some(entry) = self.instances.get_mut(step.slot) else {
+                return Err(fault(FaultKind::Trap, "no instance slot for the plugin"));
             };
-            let origin = if reused { "reused" } else { "new" };
-            metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.name.to_string(), "origin" => origin).increment(1);
-            *entry = Some(inst);
-        }
-        let Some(inst) = entry.as_mut() else {
-            return Err(fault(FaultKind::Trap, "instance vanished"));
+            let Some(inst) = entry.as_mut() else {
+                return Err(fault(FaultKind::Trap, "instance vanished"));
+            };
+            let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+            if inst.broken {
+                // A faulted instance is not reused; the next call gets a fresh one.
+                *entry = None;
+            }
+            r
         };
-        let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
-        if inst.broken {
-            // A faulted instance is not reused; the next call gets a fresh one.
-            *entry = None;
-        }
         let d = r?;
         if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
             return Err(Fault {

@@ -99,6 +99,7 @@ fn key_for<'a>(keys: &'a [Key], domain: &str) -> Option<&'a Key> {
 
 impl Plugin for DkimSign {
     const STAGES: &'static [Stage] = &[Stage::Route];
+    const STATELESS: bool = true;
 
     fn route(&mut self, ctx: &Context) -> Decision {
         let p = match host::prepared_config(prepare) {

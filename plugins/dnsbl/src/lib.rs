@@ -63,6 +63,7 @@ fn reversed(ip: &str) -> Option<String> {
 
 impl Plugin for Dnsbl {
     const STAGES: &'static [Stage] = &[Stage::Connect];
+    const STATELESS: bool = true;
 
     fn connect(&mut self, ctx: &Context) -> Decision {
         let config = match host::cached_config::<Config>() {

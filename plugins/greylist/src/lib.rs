@@ -47,6 +47,7 @@ fn ttl(secs: u64) -> Option<u32> {
 
 impl Plugin for Greylist {
     const STAGES: &'static [Stage] = &[Stage::RcptTo];
+    const STATELESS: bool = true;
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
         let c = match host::cached_config::<Config>() {

@@ -51,6 +51,7 @@ fn applies(w: &When, ctx: &Context) -> bool {
 
 impl Plugin for HeaderRewrite {
     const STAGES: &'static [Stage] = &[Stage::Data];
+    const STATELESS: bool = true;
 
     fn data(&mut self, ctx: &Context) -> Decision {
         let config = match host::cached_config::<Config>() {

@@ -45,6 +45,7 @@ fn rules() -> Result<std::rc::Rc<Rules>, String> {
 
 impl Plugin for RelayControl {
     const STAGES: &'static [Stage] = &[Stage::RcptTo];
+    const STATELESS: bool = true;
 
     fn rcpt_to(&mut self, ctx: &Context) -> Decision {
         let rules = match rules() {

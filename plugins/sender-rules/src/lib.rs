@@ -96,6 +96,7 @@ fn rate_reply(what: &str, detail: &str) -> Decision {
 
 impl Plugin for SenderRules {
     const STAGES: &'static [Stage] = &[Stage::MailFrom, Stage::RcptTo, Stage::Data];
+    const STATELESS: bool = true;
 
     fn mail_from(&mut self, ctx: &Context) -> Decision {
         let config = match host::cached_config::<Config>() {

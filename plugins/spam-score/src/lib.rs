@@ -76,6 +76,7 @@ pub struct SpamScore;
 
 impl Plugin for SpamScore {
     const STAGES: &'static [Stage] = &[Stage::Data];
+    const STATELESS: bool = true;
 
     fn data(&mut self, ctx: &Context) -> Decision {
         let config = match host::cached_config::<Config>() {

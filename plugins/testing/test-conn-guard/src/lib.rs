@@ -22,6 +22,7 @@ impl ConnGuard {
 
 impl Plugin for ConnGuard {
     const STAGES: &'static [Stage] = &[Stage::Connect, Stage::Helo];
+    const STATELESS: bool = true;
     fn connect(&mut self, ctx: &Context) -> Decision {
         if self.config().deny_ips.contains(&ctx.connection.remote_ip) {
             return Decision::reject(554, "5.7.1", "Your address is not welcome here");

@@ -8,6 +8,7 @@ pub struct Noop;
 impl Plugin for Noop {
     const STAGES: &'static [Stage] =
         &[Stage::Connect, Stage::Helo, Stage::Auth, Stage::MailFrom, Stage::RcptTo, Stage::Data, Stage::Route];
+    const STATELESS: bool = true;
 }
 
 export_plugin!(Noop);

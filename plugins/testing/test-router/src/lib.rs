@@ -7,6 +7,7 @@ pub struct Router;
 
 impl Plugin for Router {
     const STAGES: &'static [Stage] = &[Stage::Route];
+    const STATELESS: bool = true;
     fn route(&mut self, ctx: &Context) -> Decision {
         let subject = ctx.header("Subject").unwrap_or("");
         if subject.contains("QUARANTINE") {

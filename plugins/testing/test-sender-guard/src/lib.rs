@@ -22,6 +22,7 @@ impl SenderGuard {
 
 impl Plugin for SenderGuard {
     const STAGES: &'static [Stage] = &[Stage::Auth, Stage::MailFrom];
+    const STATELESS: bool = true;
     fn auth(&mut self, ctx: &Context) -> Decision {
         let user = ctx.connection.auth_user.clone().unwrap_or_default();
         if self.config().blocked_users.contains(&user) {

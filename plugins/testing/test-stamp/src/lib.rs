@@ -7,6 +7,7 @@ pub struct Stamp;
 
 impl Plugin for Stamp {
     const STAGES: &'static [Stage] = &[Stage::Data];
+    const STATELESS: bool = true;
     fn data(&mut self, ctx: &Context) -> Decision {
         let body = host::body::read_all();
         let lines = body.split(|b| *b == b'\n').count();
@@ -17,7 +18,11 @@ impl Plugin for Stamp {
             .because(format!("stamped message {n}"))
             .with(Change::AddHeader(Header {
                 name: "X-Weir-Stamp".into(),
-                value: format!("n={n} lines={lines} client={client} score={} size={size}", ctx.score()),
+                value: format!(
+                    "n={n} lines={lines} client={client} score={} size={size} helo={}",
+                    ctx.score(),
+                    ctx.connection.helo.as_deref().unwrap_or("none")
+                ),
             }))
             .with(Change::RemoveHeader("X-Internal".into()))
             .with(Change::SetTag("stamped".into(), "yes".into()));
