@@ -5,8 +5,9 @@
 //! needed, and kept in an [`InstancePool`] after the session for a later
 //! one (the guest is told a new session began and starts afresh; see
 //! `event`); a plugin that says it is stateless takes an idle instance for
-//! each call instead (`policy`). Every call runs under the plugin's memory cap and time budget
-//! (epoch interruption, yielding to other tasks at every tick). A trap,
+//! each call instead (`policy`). Every call runs under the plugin's memory
+//! cap and time budget (epoch interruption, yielding to other tasks at
+//! every tick) and a deadline that host waits count against. A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
 //! only and is reported as a [`Fault`]; too many faults in a window switch
 //! the plugin off (circuit breaker) until the next reload.
