@@ -543,13 +543,18 @@ pipelines:
     assert_eq!(metric_value(&m, "weir_plugin_faults_total", &[]), 0.0, "{m}");
 }
 
-/// A stateless plugin's calls run on whichever instance is idle, so a few
-/// instances serve many sessions at once; each call still sees its own
-/// session's facts (stamp writes the session's HELO name into the message).
+/// A stateless plugin's instance goes back to the pool after each call but
+/// serves its session again on the session's next call; once the plugin
+/// has `idle_instances` instances, sessions share them. Either way each
+/// call sees its own session's facts (stamp writes the session's HELO name
+/// into the message).
 #[test]
-fn stateless_plugins_share_instances_and_each_call_sees_its_own_session() {
-    let cfg = format!(
-        r#"
+fn stateless_plugins_keep_to_their_session_then_share_and_each_call_sees_its_own_session() {
+    const N: usize = 6;
+    // Instances per stateless plugin before sessions share: many, then two.
+    for idle in [64usize, 2] {
+        let cfg = format!(
+            r#"
 server:
   hostname: mx.test
 listeners:
@@ -561,6 +566,8 @@ metrics:
   bind: 127.0.0.1:{{metrics}}
 delivery:
   enabled: false
+plugin_runtime:
+  idle_instances: {idle}
 plugins:
   stamp:
     path: {stamp}
@@ -573,30 +580,35 @@ pipelines:
     rcpt_to: [{{plugin: rcpt}}]
     data: [{{plugin: stamp}}]
 "#,
-        stamp = plugin("test_stamp"),
-        rcpt = plugin("test_rcpt_guard"),
-    );
-    let s = Server::start(&cfg);
-    const N: usize = 6;
-    let mut sessions: Vec<Smtp> = (0..N)
-        .map(|i| {
-            let mut c = Smtp::connect(s.port("mx"));
-            c.cmd(&format!("EHLO s{i}.test")).is(250, "");
-            c
-        })
-        .collect();
-    // Every session's transactions interleave with the others'.
-    for round in 0..2 {
-        for (i, c) in sessions.iter_mut().enumerate().rev() {
-            let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: {round}\r\n\r\nx")));
-            let raw = String::from_utf8(s.queue_raw(&id)).unwrap();
-            assert!(raw.contains(&format!(" helo=s{i}.test\r\n")), "session {i} round {round}: {raw}");
+            stamp = plugin("test_stamp"),
+            rcpt = plugin("test_rcpt_guard"),
+        );
+        let s = Server::start(&cfg);
+        let mut sessions: Vec<Smtp> = (0..N)
+            .map(|i| {
+                let mut c = Smtp::connect(s.port("mx"));
+                c.cmd(&format!("EHLO s{i}.test")).is(250, "");
+                c
+            })
+            .collect();
+        // Every session's transactions interleave with the others'.
+        for round in 0..3 {
+            for (i, c) in sessions.iter_mut().enumerate().rev() {
+                let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: {round}\r\n\r\nx")));
+                let raw = String::from_utf8(s.queue_raw(&id)).unwrap();
+                assert!(raw.contains(&format!(" helo=s{i}.test\r\n")), "idle {idle}, session {i} round {round}: {raw}");
+            }
         }
+        let m = s.metrics();
+        let count = |plugin: &str, origin: &str| metric_value(&m, "weir_plugin_instances_total", &[&format!("plugin=\"{plugin}\""), &format!("origin=\"{origin}\"")]);
+        if idle >= N {
+            // One each: a session that did not find its own would have made another.
+            assert_eq!(count("stamp", "new"), N as f64, "{m}");
+        } else {
+            assert!(count("stamp", "new") <= idle as f64, "{idle} stamp instances serve {N} sessions:\n{m}");
+        }
+        assert_eq!(count("stamp", "new") + count("stamp", "reused"), (3 * N) as f64, "{m}");
+        // rcpt keeps per-session state: an instance of its own in each session.
+        assert_eq!(count("rcpt", "new"), N as f64, "{m}");
     }
-    let m = s.metrics();
-    let count = |plugin: &str, origin: &str| metric_value(&m, "weir_plugin_instances_total", &[&format!("plugin=\"{plugin}\""), &format!("origin=\"{origin}\"")]);
-    assert!(count("stamp", "new") <= 2.0, "one or two stamp instances serve {N} sessions:\n{m}");
-    assert!(count("stamp", "reused") >= (2 * N - 2) as f64, "{m}");
-    // rcpt keeps per-session state: an instance of its own in each session.
-    assert_eq!(count("rcpt", "new"), N as f64, "{m}");
 }

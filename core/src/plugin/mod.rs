@@ -5,7 +5,8 @@
 //! needed, and kept in an [`InstancePool`] after the session for a later
 //! one (the guest is told a new session began and starts afresh; see
 //! `event`); a plugin that says it is stateless takes an idle instance for
-//! each call instead (`policy`). Every call runs under the plugin's memory
+//! each call instead, the session's own while there are enough (`policy`,
+//! [`InstancePool`]). Every call runs under the plugin's memory
 //! cap and time budget (epoch interruption, yielding to other tasks at
 //! every tick) and a deadline that host waits count against. A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
@@ -21,7 +22,7 @@ pub use event::{Context, Envelope};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -499,7 +500,8 @@ impl Runtime {
     /// known to the runtime so that it can be emptied when slots run out.
     pub fn new_pool(&self, slots: usize) -> Arc<InstancePool> {
         let pool = Arc::new(InstancePool {
-            slots: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
+            slots: (0..slots).map(|_| Mutex::new(Idle::default())).collect(),
+            live: (0..slots).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
             idle_cap: self.idle_instances,
         });
         let mut all = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -528,38 +530,113 @@ impl Runtime {
 
 /// Idle instances of a policy's plugins, by plugin slot: between sessions,
 /// and for stateless plugins between calls.
+///
+/// A stateless plugin's instance goes back to the pool after every call but
+/// stays marked with the session it served, and that session's next call
+/// takes it again: it needs to be told only what changed, which costs far
+/// less than telling another instance the whole context (measured: half
+/// the call time). Only when a plugin has `idle_cap` instances already do
+/// sessions share them.
 pub struct InstancePool {
-    slots: Vec<Mutex<Vec<Instance>>>,
+    slots: Vec<Mutex<Idle>>,
+    /// Instances of each slot's plugin that exist (idle or in a call), for
+    /// stateless plugins.
+    live: Vec<Arc<AtomicUsize>>,
     idle_cap: usize,
 }
 
-impl InstancePool {
-    /// An idle instance of the plugin in `slot`, if one is kept: one that
-    /// last served `session` if one of the most recently used did (it needs
-    /// to be told only what changed), else the most recently used (the
-    /// warmest).
-    pub fn take(&self, slot: usize, session: u64) -> Option<Instance> {
-        let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = idle.len().saturating_sub(8);
-        match idle[recent..].iter().rposition(|i| i.session == session) {
-            Some(i) => Some(idle.remove(recent + i)),
-            None => idle.pop(),
-        }
+/// One plugin's idle instances, oldest first, with the session each last
+/// served (0: its session is over).
+#[derive(Default)]
+struct Idle {
+    instances: Vec<Instance>,
+    sessions: Vec<u64>,
+}
+
+impl Idle {
+    fn remove(&mut self, i: usize) -> Instance {
+        self.sessions.remove(i);
+        self.instances.remove(i)
     }
 
-    /// Keeps an instance whose session (or call) ended for a later one, unless
-    /// its plugin is not to be reused, it broke, it has grown past half its
-    /// memory cap (a leak would otherwise end in a fault), or enough are
-    /// kept already.
-    pub fn give_back(&self, slot: usize, inst: Instance) {
+    /// The most recently used instance whose session is over, else the
+    /// most recently used one.
+    fn free_or_newest(&mut self) -> Option<Instance> {
+        let i = self.sessions.iter().rposition(|&s| s == 0).or(self.instances.len().checked_sub(1))?;
+        Some(self.remove(i))
+    }
+}
+
+/// Counts an instance among its plugin's live ones until it is dropped.
+pub struct LiveToken(Arc<AtomicUsize>);
+
+impl Drop for LiveToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InstancePool {
+    /// An idle instance for a session's first use of a plugin that keeps
+    /// per-session state (the guest is told a new session began): one
+    /// whose session is over, else the most recently used.
+    pub fn take(&self, slot: usize) -> Option<Instance> {
+        self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).free_or_newest()
+    }
+
+    /// An instance for one call of a stateless plugin by `session`: the one
+    /// that served the session last if it is idle; else one whose session
+    /// is over; else none while the plugin has fewer than `idle_cap`
+    /// instances (the caller makes one); else the most recently used (the
+    /// session it served is the one furthest from its next call when
+    /// sessions take turns).
+    pub fn take_for_call(&self, slot: usize, session: u64) -> Option<Instance> {
+        let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = idle.sessions.iter().rposition(|&s| s == session) {
+            return Some(idle.remove(i));
+        }
+        if let Some(i) = idle.sessions.iter().rposition(|&s| s == 0) {
+            return Some(idle.remove(i));
+        }
+        if self.live.get(slot).is_some_and(|l| l.load(Ordering::Relaxed) < self.idle_cap) {
+            return None;
+        }
+        idle.free_or_newest()
+    }
+
+    /// Counts a new instance of the plugin in `slot` among the live ones.
+    pub fn count(&self, slot: usize) -> Option<LiveToken> {
+        let live = self.live.get(slot)?;
+        live.fetch_add(1, Ordering::Relaxed);
+        Some(LiveToken(live.clone()))
+    }
+
+    /// Keeps an instance after a call (`session_over: false`; it stays
+    /// marked as its session's) or after its session (it may serve any
+    /// later one), unless its plugin is not to be reused, it broke, it has
+    /// grown past half its memory cap (a leak would otherwise end in a
+    /// fault), or enough are kept already.
+    pub fn give_back(&self, slot: usize, inst: Instance, session_over: bool) {
         let plugin = inst.plugin();
         if !plugin.reuse || inst.broken || plugin.is_disabled() || inst.memory_size() > plugin.memory_cap / 2 {
             return;
         }
         if let Some(s) = self.slots.get(slot) {
             let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.idle_cap {
-                idle.push(inst);
+            if idle.instances.len() < self.idle_cap {
+                idle.sessions.push(if session_over { 0 } else { inst.session });
+                idle.instances.push(inst);
+            }
+        }
+    }
+
+    /// `session` is over: its stateless plugins' idle instances may serve
+    /// any session.
+    pub fn end_session(&self, session: u64) {
+        for s in &self.slots {
+            let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
+            for tag in idle.sessions.iter_mut().filter(|t| **t == session) {
+                *tag = 0;
             }
         }
     }
@@ -568,7 +645,11 @@ impl InstancePool {
     fn clear(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())).len())
+            .map(|s| {
+                let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
+                idle.sessions.clear();
+                std::mem::take(&mut idle.instances).len()
+            })
             .sum()
     }
 }
@@ -585,6 +666,8 @@ pub struct Instance {
     new_session: bool,
     /// Set when a call was cut off mid-way: the instance must not be reused.
     pub broken: bool,
+    /// Counts it among its plugin's live instances (stateless plugins).
+    pub live: Option<LiveToken>,
 }
 
 impl Instance {
@@ -625,6 +708,7 @@ impl Instance {
             session: 0,
             new_session: true,
             broken: false,
+            live: None,
         })
     }
 

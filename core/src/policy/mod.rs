@@ -368,6 +368,9 @@ pub struct SessionPolicy {
     /// The session's own instances (plugins with per-session state), by
     /// plugin slot.
     instances: Vec<Option<Instance>>,
+    /// It called a stateless plugin (whose idle instances are marked as
+    /// this session's until it ends).
+    shared_calls: bool,
 }
 
 impl Drop for SessionPolicy {
@@ -376,8 +379,11 @@ impl Drop for SessionPolicy {
         if let Some(pool) = &self.policy.pool {
             for (slot, inst) in self.instances.iter_mut().enumerate() {
                 if let Some(i) = inst.take() {
-                    pool.give_back(slot, i);
+                    pool.give_back(slot, i, true);
                 }
+            }
+            if self.shared_calls {
+                pool.end_session(self.id);
             }
         }
     }
@@ -388,7 +394,7 @@ impl SessionPolicy {
         let pipeline = pipeline.and_then(|p| policy.pipelines.get(&p).cloned());
         let instances = (0..policy.slots).map(|_| None).collect();
         let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SessionPolicy { policy, pipeline, id, instances }
+        SessionPolicy { policy, pipeline, id, instances, shared_calls: false }
     }
 
     /// Whether the session runs a pipeline at all.
@@ -404,7 +410,8 @@ impl SessionPolicy {
     /// pool, or a new one. (Not a method: the future must not hold a
     /// reference to the session's own instances, which are not `Sync`.)
     async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Instance, Fault> {
-        let mut inst = match policy.pool.as_ref().and_then(|p| p.take(step.slot, id)) {
+        let idle = policy.pool.as_ref().and_then(|p| if step.shared { p.take_for_call(step.slot, id) } else { p.take(step.slot) });
+        let mut inst = match idle {
             Some(i) => {
                 step.instances[1].increment(1);
                 i
@@ -417,8 +424,11 @@ impl SessionPolicy {
                         pool_exhausted: false,
                     });
                 };
-                let i = rt.instantiate(step.plugin.clone(), services.clone()).await?;
+                let mut i = rt.instantiate(step.plugin.clone(), services.clone()).await?;
                 step.instances[0].increment(1);
+                if step.shared {
+                    i.live = policy.pool.as_ref().and_then(|p| p.count(step.slot));
+                }
                 i
             }
         };
@@ -438,10 +448,11 @@ impl SessionPolicy {
         }
         let r = if step.shared {
             // A stateless plugin: an instance for this call only.
+            self.shared_calls = true;
             let mut inst = Self::acquire(&self.policy, self.id, step).await?;
             let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
             if let Some(pool) = &self.policy.pool {
-                pool.give_back(step.slot, inst);
+                pool.give_back(step.slot, inst, false);
             }
             r
         } else {
