@@ -546,22 +546,23 @@ pub struct InstancePool {
 }
 
 /// One plugin's idle instances, oldest first, with the session each last
-/// served (0: its session is over).
+/// served (0: its session is over). Boxed: taking one from the middle
+/// moves pointers, not instances.
 #[derive(Default)]
 struct Idle {
-    instances: Vec<Instance>,
+    instances: Vec<Box<Instance>>,
     sessions: Vec<u64>,
 }
 
 impl Idle {
-    fn remove(&mut self, i: usize) -> Instance {
+    fn remove(&mut self, i: usize) -> Box<Instance> {
         self.sessions.remove(i);
         self.instances.remove(i)
     }
 
     /// The most recently used instance whose session is over, else the
     /// most recently used one.
-    fn free_or_newest(&mut self) -> Option<Instance> {
+    fn free_or_newest(&mut self) -> Option<Box<Instance>> {
         let i = self.sessions.iter().rposition(|&s| s == 0).or(self.instances.len().checked_sub(1))?;
         Some(self.remove(i))
     }
@@ -580,7 +581,7 @@ impl InstancePool {
     /// An idle instance for a session's first use of a plugin that keeps
     /// per-session state (the guest is told a new session began): one
     /// whose session is over, else the most recently used.
-    pub fn take(&self, slot: usize) -> Option<Instance> {
+    pub fn take(&self, slot: usize) -> Option<Box<Instance>> {
         self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).free_or_newest()
     }
 
@@ -590,7 +591,7 @@ impl InstancePool {
     /// instances (the caller makes one); else the most recently used (the
     /// session it served is the one furthest from its next call when
     /// sessions take turns).
-    pub fn take_for_call(&self, slot: usize, session: u64) -> Option<Instance> {
+    pub fn take_for_call(&self, slot: usize, session: u64) -> Option<Box<Instance>> {
         let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = idle.sessions.iter().rposition(|&s| s == session) {
             return Some(idle.remove(i));
@@ -616,7 +617,7 @@ impl InstancePool {
     /// later one), unless its plugin is not to be reused, it broke, it has
     /// grown past half its memory cap (a leak would otherwise end in a
     /// fault), or enough are kept already.
-    pub fn give_back(&self, slot: usize, inst: Instance, session_over: bool) {
+    pub fn give_back(&self, slot: usize, inst: Box<Instance>, session_over: bool) {
         let plugin = inst.plugin();
         if !plugin.reuse || inst.broken || plugin.is_disabled() || inst.memory_size() > plugin.memory_cap / 2 {
             return;

@@ -367,7 +367,7 @@ pub struct SessionPolicy {
     id: u64,
     /// The session's own instances (plugins with per-session state), by
     /// plugin slot.
-    instances: Vec<Option<Instance>>,
+    instances: Vec<Option<Box<Instance>>>,
     /// It called a stateless plugin (whose idle instances are marked as
     /// this session's until it ends).
     shared_calls: bool,
@@ -409,7 +409,7 @@ impl SessionPolicy {
     /// An instance for `step` to serve session `id`: an idle one from the
     /// pool, or a new one. (Not a method: the future must not hold a
     /// reference to the session's own instances, which are not `Sync`.)
-    async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Instance, Fault> {
+    async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Box<Instance>, Fault> {
         let idle = policy.pool.as_ref().and_then(|p| if step.shared { p.take_for_call(step.slot, id) } else { p.take(step.slot) });
         let mut inst = match idle {
             Some(i) => {
@@ -424,7 +424,7 @@ impl SessionPolicy {
                         pool_exhausted: false,
                     });
                 };
-                let mut i = rt.instantiate(step.plugin.clone(), services.clone()).await?;
+                let mut i = Box::new(rt.instantiate(step.plugin.clone(), services.clone()).await?);
                 step.instances[0].increment(1);
                 if step.shared {
                     i.live = policy.pool.as_ref().and_then(|p| p.count(step.slot));
