@@ -535,7 +535,8 @@ impl Runtime {
 /// stays marked with the session it served, and that session's next call
 /// takes it again: it needs to be told only what changed, which costs far
 /// less than telling another instance the whole context (measured: 30-40%
-/// less per message in `benches/plugin_call.rs` pipeline_message). Only
+/// less per message with warm caches, about 10% with cold ones, in
+/// `benches/plugin_call.rs` pipeline_message). Only
 /// when a plugin has `idle_cap` instances already do sessions share them.
 pub struct InstancePool {
     slots: Vec<Mutex<Idle>>,
