@@ -58,7 +58,7 @@ impl Context {
 /// A message's header section as plugins are told it: every field up to
 /// the empty line (CRLF line ends), bytes that are not UTF-8 replaced.
 pub fn header_section(message: &[u8]) -> Arc<str> {
-    let end = memchr::memmem::find(message, b"\r\n\r\n").map(|p| p + 2).unwrap_or(message.len());
+    let end = crate::policy::headers::header_block_end(message);
     Arc::from(String::from_utf8_lossy(&message[..end]))
 }
 

@@ -4,7 +4,9 @@
 
 use crate::plugin::wit;
 
-fn header_block_end(body: &[u8]) -> usize {
+/// Where a message's header section ends: just after the CRLF of its last
+/// field (the whole message when there is no empty line).
+pub fn header_block_end(body: &[u8]) -> usize {
     memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
 }
 
@@ -28,46 +30,13 @@ fn fields(block: &[u8]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Appends the words of `raw` to `value`, one space between words: a
-/// folded value becomes one line, runs of white space one space.
-fn push_words(value: &mut String, raw: &[u8]) {
-    for w in String::from_utf8_lossy(raw).split_whitespace() {
-        if !value.is_empty() {
-            value.push(' ');
-        }
-        value.push_str(w);
-    }
-}
-
-/// The headers, unfolded, by the rules the plugin SDK shows them to
-/// plugins (`weir_plugin_sdk::parse_headers`; both are tested on the same
-/// cases): `weir policy test` checks a fixture's expected headers with it.
-/// Lines without a field name (and what is folded under them) are left out.
-pub fn parse(body: &[u8]) -> Vec<wit::Header> {
+/// The headers, unfolded, exactly as the plugin SDK shows them to plugins
+/// (`weir_plugin_sdk::parse_headers`, one parser for both): `weir policy
+/// test` checks a fixture's expected headers with it. Bytes that are not
+/// UTF-8 are replaced.
+pub fn parse(body: &[u8]) -> Vec<weir_plugin_sdk::Header> {
     let end = header_block_end(body);
-    let mut out: Vec<wit::Header> = Vec::new();
-    // Whether a field has begun, and whether it is kept (has a name).
-    let (mut begun, mut kept) = (false, false);
-    for line in body[..end].split_inclusive(|b| *b == b'\n') {
-        if begun && (line.starts_with(b" ") || line.starts_with(b"\t")) {
-            if let (true, Some(h)) = (kept, out.last_mut()) {
-                push_words(&mut h.value, line);
-            }
-            continue;
-        }
-        begun = true;
-        kept = false;
-        if let Some(colon) = memchr::memchr(b':', line) {
-            let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
-            if !name.is_empty() {
-                let mut value = String::new();
-                push_words(&mut value, &line[colon + 1..]);
-                out.push(wit::Header { name, value });
-                kept = true;
-            }
-        }
-    }
-    out
+    weir_plugin_sdk::parse_headers(&String::from_utf8_lossy(&body[..end]))
 }
 
 /// Whether any of `changes` adds, removes or replaces a header.
@@ -194,7 +163,7 @@ mod tests {
         let h = parse(b"Subject: a\r\n b\r\nFrom: x@y\r\n\r\nbody");
         assert_eq!(h[0].value, "a b");
         assert_eq!(h[1].name, "From");
-        // The same case as the SDK's parse_headers test.
+        // Not UTF-8: replaced, then parsed by the SDK's rules.
         let h = parse(b"Received: from x\r\n\tby y;  Mon\r\nno colon here\r\n folded under it\r\n: no name\r\nX-Bin: \xff ok\r\nTo:\r\nX-Tabs:\t a \t\x0bb \r\n\r\nX-Body: 1\r\n");
         let got: Vec<(&str, &str)> = h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
         assert_eq!(got, vec![("Received", "from x by y; Mon"), ("X-Bin", "\u{fffd} ok"), ("To", ""), ("X-Tabs", "a b")]);
