@@ -133,6 +133,25 @@ fn pipeline_yaml(dir: &std::path::Path, noop: bool) -> String {
     )
 }
 
+/// One transaction through the pipeline: MAIL, one RCPT, DATA, route; each
+/// stage must continue.
+async fn transaction(sp: &mut SessionPolicy, ctx: &mut Context, body: &Arc<Vec<u8>>, headers: &Arc<str>) {
+    ctx.envelope.sender = Some("bench@example.org".into());
+    let o = sp.run(StageName::MailFrom, ctx, None).await;
+    assert!(o.verdict.is_none(), "{:?}", o.trail);
+    ctx.recipient = Some("postmaster@localhost".into());
+    let o = sp.run(StageName::RcptTo, ctx, None).await;
+    assert!(o.verdict.is_none(), "{:?}", o.trail);
+    ctx.envelope.recipients.push("postmaster@localhost".into());
+    ctx.recipient = None;
+    ctx.size = body.len() as u64;
+    ctx.headers = Some(headers.clone());
+    for stage in [StageName::Data, StageName::Route] {
+        let o = sp.run(stage, ctx, Some(body.clone())).await;
+        assert!(o.verdict.is_none(), "{:?}", o.trail);
+    }
+}
+
 /// One message after another through the pipeline, `SESSIONS` sessions
 /// taking turns; `pollute` bytes of other memory touched between messages.
 fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
@@ -186,20 +205,7 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
                         turn = (turn + 1) % SESSIONS;
                         let (sp, ctx) = &mut sessions[turn];
                         let start = Instant::now();
-                        ctx.envelope.sender = Some("bench@example.org".into());
-                        let o = sp.run(StageName::MailFrom, ctx, None).await;
-                        assert!(o.verdict.is_none(), "{:?}", o.trail);
-                        ctx.recipient = Some("postmaster@localhost".into());
-                        let o = sp.run(StageName::RcptTo, ctx, None).await;
-                        assert!(o.verdict.is_none(), "{:?}", o.trail);
-                        ctx.envelope.recipients.push("postmaster@localhost".into());
-                        ctx.recipient = None;
-                        ctx.size = body.len() as u64;
-                        ctx.headers = Some(headers.clone());
-                        for stage in [StageName::Data, StageName::Route] {
-                            let o = sp.run(stage, ctx, Some(body.clone())).await;
-                            assert!(o.verdict.is_none(), "{:?}", o.trail);
-                        }
+                        transaction(sp, ctx, &body, &headers).await;
                         // The transaction ends.
                         ctx.envelope = Envelope::default();
                         ctx.headers = None;
@@ -238,19 +244,7 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
                         sp.run(StageName::Connect, &mut ctx, None).await;
                         ctx.connection.helo = Some("bench.client".into());
                         sp.run(StageName::Helo, &mut ctx, None).await;
-                        ctx.envelope.sender = Some("bench@example.org".into());
-                        sp.run(StageName::MailFrom, &mut ctx, None).await;
-                        ctx.recipient = Some("postmaster@localhost".into());
-                        let o = sp.run(StageName::RcptTo, &mut ctx, None).await;
-                        assert!(o.verdict.is_none(), "{:?}", o.trail);
-                        ctx.envelope.recipients.push("postmaster@localhost".into());
-                        ctx.recipient = None;
-                        ctx.size = body.len() as u64;
-                        ctx.headers = Some(headers.clone());
-                        for stage in [StageName::Data, StageName::Route] {
-                            let o = sp.run(stage, &mut ctx, Some(body.clone())).await;
-                            assert!(o.verdict.is_none(), "{:?}", o.trail);
-                        }
+                        transaction(&mut sp, &mut ctx, &body, &headers).await;
                         drop(sp);
                         spent += start.elapsed();
                     }
