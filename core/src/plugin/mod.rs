@@ -84,6 +84,12 @@ pub struct Fault {
     pub pool_exhausted: bool,
 }
 
+impl Fault {
+    pub fn new(kind: FaultKind, message: impl Into<String>) -> Fault {
+        Fault { kind, message: message.into(), pool_exhausted: false }
+    }
+}
+
 /// Services the host capabilities use.
 pub struct HostServices {
     pub dns: Arc<crate::dns::Dns>,
@@ -802,11 +808,7 @@ fn classify(store: &mut Store<PluginState>, e: wasmtime::Error) -> Fault {
         FaultKind::Trap
     };
     let message = format!("{e:#}");
-    Fault {
-        kind,
-        message,
-        pool_exhausted: false,
-    }
+    Fault::new(kind, message)
 }
 
 /// The plugins of one policy, by name.

@@ -418,11 +418,7 @@ impl SessionPolicy {
             }
             None => {
                 let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
-                    return Err(Fault {
-                        kind: FaultKind::Trap,
-                        message: "no plugin runtime".into(),
-                        pool_exhausted: false,
-                    });
+                    return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
                 };
                 let mut i = Box::new(rt.instantiate(step.plugin.clone(), services.clone()).await?);
                 step.instances[0].increment(1);
@@ -438,13 +434,8 @@ impl SessionPolicy {
 
     async fn call(&mut self, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         let plugin = &step.plugin;
-        let fault = |kind, message: &str| Fault {
-            kind,
-            message: message.into(),
-            pool_exhausted: false,
-        };
         if plugin.is_disabled() {
-            return Err(fault(FaultKind::Disabled, "switched off by its circuit breaker"));
+            return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
         }
         let r = if step.shared {
             // A stateless plugin: an instance for this call only.
@@ -461,10 +452,10 @@ impl SessionPolicy {
                 self.instances[step.slot] = Some(inst);
             }
             let Some(entry) = self.instances.get_mut(step.slot) else {
-                return Err(fault(FaultKind::Trap, "no instance slot for the plugin"));
+                return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin"));
             };
             let Some(inst) = entry.as_mut() else {
-                return Err(fault(FaultKind::Trap, "instance vanished"));
+                return Err(Fault::new(FaultKind::Trap, "instance vanished"));
             };
             let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
             if inst.broken {
@@ -475,11 +466,7 @@ impl SessionPolicy {
         };
         let d = r?;
         if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
-            return Err(Fault {
-                kind: FaultKind::Refused,
-                message: format!("asked for a change ({c:?}) needing the `{}` grant", change_grant(c).as_str()),
-                pool_exhausted: false,
-            });
+            return Err(Fault::new(FaultKind::Refused, format!("asked for a change ({c:?}) needing the `{}` grant", change_grant(c).as_str())));
         }
         Ok(d)
     }
