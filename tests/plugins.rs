@@ -543,6 +543,65 @@ pipelines:
     assert_eq!(metric_value(&m, "weir_plugin_faults_total", &[]), 0.0, "{m}");
 }
 
+/// More sessions at once than `max_instances` allows: the step's on_error
+/// answers the ones without an instance, but that is the server's limit,
+/// not the plugin's fault, so its circuit breaker stays closed and the
+/// plugin serves again once sessions end.
+#[test]
+fn running_out_of_instances_does_not_trip_the_circuit_breaker() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  mx:
+    bind: 127.0.0.1:{{port:mx}}
+    tls: none
+    pipeline: p
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+plugin_runtime:
+  max_instances: 16
+plugins:
+  rcpt:
+    path: {rcpt}
+    grants: [symbols, route]
+    circuit_breaker: {{faults: 2, window: 60s}}
+pipelines:
+  p:
+    rcpt_to: [{{plugin: rcpt}}]
+"#,
+        rcpt = plugin("test_rcpt_guard"),
+    );
+    let s = Server::start(&cfg);
+    let open = || {
+        let mut c = Smtp::connect(s.port("mx"));
+        c.cmd("EHLO client.test").is(250, "");
+        c.cmd("MAIL FROM:<a@example.org>").is(250, "");
+        c
+    };
+    // Sixteen sessions hold every instance slot there is.
+    let mut held: Vec<Smtp> = (0..16).map(|_| open()).collect();
+    for c in held.iter_mut() {
+        c.cmd("RCPT TO:<postmaster@localhost>").is(250, "");
+    }
+    // More than the breaker's two faults' worth find none: on_error (451).
+    for _ in 0..4 {
+        let mut c = open();
+        c.cmd("RCPT TO:<postmaster@localhost>").is(451, "4.3.0");
+        c.cmd("QUIT");
+    }
+    for mut c in held {
+        c.cmd("QUIT");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = open();
+    c.cmd("RCPT TO:<postmaster@localhost>").is(250, "2.1.5");
+    assert!(!s.log().contains("CIRCUIT BREAKER OPEN"), "{}", s.log());
+}
+
 /// A stateless plugin's instance goes back to the pool after each call but
 /// serves its session again on the session's next call; once the plugin
 /// has `idle_instances` instances, sessions share them. Either way each

@@ -816,7 +816,10 @@ pub type LoadedPlugins = HashMap<String, Arc<LoadedPlugin>>;
 
 /// Records a fault against a plugin (metrics, circuit breaker).
 pub fn note_fault(p: &LoadedPlugin, f: &Fault) {
-    if f.kind != FaultKind::Disabled {
+    // A switched-off plugin is not faulting again, and a server out of
+    // instance slots (more sessions at once than `max_instances` allows)
+    // is not the plugin's fault: neither counts towards its breaker.
+    if f.kind != FaultKind::Disabled && !f.pool_exhausted {
         p.record_fault(f.kind);
     }
 }
