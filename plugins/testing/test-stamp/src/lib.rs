@@ -10,7 +10,8 @@ impl Plugin for Stamp {
     const STATELESS: bool = true;
     fn data(&mut self, ctx: &Context) -> Decision {
         let body = host::body::read_all();
-        let lines = body.split(|b| *b == b'\n').count();
+        // Count newlines directly: a split iterator costs several ns a byte in wasm.
+        let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
         let n = host::kv::incr("messages", 1, Some(3600));
         let client = ctx.tag("client").unwrap_or("none").to_string();
         let size = ctx.envelope.sender_params.iter().find(|p| p.name == "SIZE").and_then(|p| p.value.as_deref()).unwrap_or("none");
@@ -48,7 +49,7 @@ mod tests {
         let t = Transcript::new("192.0.2.1").helo("x").mail_from("a@b").rcpt_to("c@d").data("Subject: [tag me] hi\r\n\r\nline\r\n");
         let r = h.run::<Stamp>(&t);
         let data = r.iter().find(|s| s.stage == Stage::Data).unwrap();
-        assert!(data.decision.changes.iter().any(|c| matches!(c, Change::AddHeader(h) if h.value.starts_with("n=1 "))));
+        assert!(data.decision.changes.iter().any(|c| matches!(c, Change::AddHeader(h) if h.value.starts_with("n=1 lines=4 "))));
         assert!(data.decision.changes.contains(&Change::ReplaceHeader(Header { name: "Subject".into(), value: "[tagged] hi".into() })));
         h.run::<Stamp>(&t);
         assert_eq!(h.kv().get("messages").map(|v| v.clone()), Some(b"2".to_vec()));
