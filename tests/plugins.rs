@@ -152,6 +152,64 @@ pipelines:
         assert_eq!(n, 3.0, "{plugin}/{kind} faults in /metrics:\n{m}");
     }
     assert!(metric_value(&m, "weir_plugin_call_seconds_count", &["plugin=\"loop\""]) >= 3.0, "{m}");
+    // All of the above ran on the fast memory layout, the default one.
+    assert!(s.log().contains("plugin memories: 4 GiB of address space each, no bounds checks"), "{}", s.log());
+}
+
+/// With more instances than 4 GiB reservations fit, plugin memories are
+/// bounds-checked instead: the memory cap and the time budget still stop a
+/// plugin, and a well-behaved pipeline still changes the message.
+#[test]
+fn bounds_checked_memories_keep_the_same_limits() {
+    let cfg = format!(
+        r#"
+server:
+  hostname: mx.test
+listeners:
+  loop:
+    bind: 127.0.0.1:{{port:loop}}
+    tls: none
+    pipeline: p_loop
+  alloc:
+    bind: 127.0.0.1:{{port:alloc}}
+    tls: none
+    pipeline: p_alloc
+  stamp:
+    bind: 127.0.0.1:{{port:stamp}}
+    tls: none
+    pipeline: p_stamp
+metrics:
+  bind: 127.0.0.1:{{metrics}}
+delivery:
+  enabled: false
+plugin_runtime:
+  max_instances: 5000
+{}
+pipelines:
+  p_loop:
+    data: [{{plugin: loop}}]
+  p_alloc:
+    data: [{{plugin: alloc, on_error: continue}}]
+  p_stamp:
+    data: [{{plugin: stamp}}]
+"#,
+        plugins_block("")
+    );
+    let s = Server::start(&cfg);
+    assert!(s.log().contains("plugin memories are bounds-checked"), "{}", s.log());
+    let send = |listener: &str| {
+        let mut c = Smtp::connect(s.port(listener));
+        c.cmd("EHLO client.test").is(250, "");
+        c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: hi\r\nX-Internal: secret\r\n\r\none\r\ntwo\r\n")
+    };
+    send("loop").is(451, "4.3.0");
+    let m = s.queue_show(&queued_id(&send("alloc")));
+    assert_eq!(m["decisions"][0]["verdict"], "fault:memory", "{m}");
+    let m = s.queue_show(&queued_id(&send("stamp")));
+    assert_eq!(m["decisions"][0]["verdict"], "continue", "{m}");
+    let stamped = String::from_utf8_lossy(&s.queue_raw(&queued_id(&send("stamp")))).to_string();
+    assert!(stamped.contains("X-Weir-Stamp: n=2 lines="), "{stamped}");
+    assert!(!stamped.contains("X-Internal"), "{stamped}");
 }
 
 #[test]
