@@ -58,6 +58,14 @@ plugins:
     )
 }
 
+/// A listener per name, each on its own port running pipeline `p_NAME`.
+fn listeners(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("  {n}:\n    bind: 127.0.0.1:{{port:{n}}}\n    tls: none\n    pipeline: p_{n}\n"))
+        .collect()
+}
+
 /// Sends messages on `port` until stopped; counts successes and failures.
 fn background_sender(port: u16, stop: Arc<AtomicBool>, ok: Arc<AtomicUsize>, failed: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -85,23 +93,7 @@ listeners:
   good:
     bind: 127.0.0.1:{{port:good}}
     tls: none
-  loop:
-    bind: 127.0.0.1:{{port:loop}}
-    tls: none
-    pipeline: p_loop
-  alloc:
-    bind: 127.0.0.1:{{port:alloc}}
-    tls: none
-    pipeline: p_alloc
-  trap:
-    bind: 127.0.0.1:{{port:trap}}
-    tls: none
-    pipeline: p_trap
-  refused:
-    bind: 127.0.0.1:{{port:refused}}
-    tls: none
-    pipeline: p_refused
-metrics:
+{}metrics:
   bind: 127.0.0.1:{{metrics}}
 delivery:
   enabled: false
@@ -116,6 +108,7 @@ pipelines:
   p_refused:
     data: [{{plugin: stamp_nogrant}}]
 "#,
+        listeners(&["loop", "alloc", "trap", "refused"]),
         plugins_block("")
     );
     let s = Server::start(&cfg);
@@ -166,19 +159,7 @@ fn bounds_checked_memories_keep_the_same_limits() {
 server:
   hostname: mx.test
 listeners:
-  loop:
-    bind: 127.0.0.1:{{port:loop}}
-    tls: none
-    pipeline: p_loop
-  alloc:
-    bind: 127.0.0.1:{{port:alloc}}
-    tls: none
-    pipeline: p_alloc
-  stamp:
-    bind: 127.0.0.1:{{port:stamp}}
-    tls: none
-    pipeline: p_stamp
-metrics:
+{}metrics:
   bind: 127.0.0.1:{{metrics}}
 delivery:
   enabled: false
@@ -193,6 +174,7 @@ pipelines:
   p_stamp:
     data: [{{plugin: stamp}}]
 "#,
+        listeners(&["loop", "alloc", "stamp"]),
         plugins_block("")
     );
     let s = Server::start(&cfg);
