@@ -149,13 +149,15 @@ pipelines:
     assert!(s.log().contains("plugin memories: 4 GiB of address space each, no bounds checks"), "{}", s.log());
 }
 
-/// With more instances than 4 GiB reservations fit, plugin memories are
-/// bounds-checked instead: the memory cap and the time budget still stop a
-/// plugin, and a well-behaved pipeline still changes the message.
+/// With more instances than 4 GiB reservations fit, or when the kernel
+/// refuses that much address space, plugin memories are bounds-checked
+/// instead: the memory cap and the time budget still stop a plugin, and a
+/// well-behaved one still changes the message.
 #[test]
 fn bounds_checked_memories_keep_the_same_limits() {
-    let cfg = format!(
-        r#"
+    let cfg = |runtime: &str| {
+        format!(
+            r#"
 server:
   hostname: mx.test
 listeners:
@@ -163,8 +165,7 @@ listeners:
   bind: 127.0.0.1:{{metrics}}
 delivery:
   enabled: false
-plugin_runtime:
-  max_instances: 5000
+{runtime}
 {}
 pipelines:
   p_loop:
@@ -174,24 +175,28 @@ pipelines:
   p_stamp:
     data: [{{plugin: stamp}}]
 "#,
-        listeners(&["loop", "alloc", "stamp"]),
-        plugins_block("")
-    );
-    let s = Server::start(&cfg);
-    assert!(s.log().contains("plugin memories are bounds-checked"), "{}", s.log());
-    let send = |listener: &str| {
-        let mut c = Smtp::connect(s.port(listener));
-        c.cmd("EHLO client.test").is(250, "");
-        c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: hi\r\nX-Internal: secret\r\n\r\none\r\ntwo\r\n")
+            listeners(&["loop", "alloc", "stamp"]),
+            plugins_block("")
+        )
     };
-    send("loop").is(451, "4.3.0");
-    let m = s.queue_show(&queued_id(&send("alloc")));
-    assert_eq!(m["decisions"][0]["verdict"], "fault:memory", "{m}");
-    let m = s.queue_show(&queued_id(&send("stamp")));
-    assert_eq!(m["decisions"][0]["verdict"], "continue", "{m}");
-    let stamped = String::from_utf8_lossy(&s.queue_raw(&queued_id(&send("stamp")))).to_string();
-    assert!(stamped.contains("X-Weir-Stamp: n=2 lines="), "{stamped}");
-    assert!(!stamped.contains("X-Internal"), "{stamped}");
+    let too_many = Server::start(&cfg("plugin_runtime:\n  max_instances: 5000"));
+    assert!(too_many.log().contains("too many instances for 4 GiB each; plugin memories are bounds-checked"), "{}", too_many.log());
+    // 2 TiB of address space: room for bounded memories, not for 4 GiB ones.
+    let refused = Server::start_limited(&cfg(""), &[], Some(2 << 40));
+    assert!(refused.log().contains("cannot reserve 4 GiB of address space per plugin memory"), "{}", refused.log());
+    for s in [too_many, refused] {
+        let send = |listener: &str| {
+            let mut c = Smtp::connect(s.port(listener));
+            c.cmd("EHLO client.test").is(250, "");
+            c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: hi\r\nX-Internal: secret\r\n\r\none\r\ntwo\r\n")
+        };
+        send("loop").is(451, "4.3.0");
+        let m = s.queue_show(&queued_id(&send("alloc")));
+        assert_eq!(m["decisions"][0]["verdict"], "fault:memory", "{m}");
+        let stamped = String::from_utf8_lossy(&s.queue_raw(&queued_id(&send("stamp")))).to_string();
+        assert!(stamped.contains("X-Weir-Stamp: n=1 lines="), "{stamped}");
+        assert!(!stamped.contains("X-Internal"), "{stamped}");
+    }
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct Server {
     pub config: PathBuf,
     pub ports: HashMap<String, u16>,
     pub metrics_port: u16,
+    /// A cap on the server process's address space (RLIMIT_AS), if any.
+    pub address_space_limit: Option<u64>,
 }
 
 /// A config template: `{port:NAME}` (in listener NAME's bind address)
@@ -82,6 +84,12 @@ impl Server {
     }
 
     pub fn start_with(template: &str, extra_args: &[&str]) -> Server {
+        Self::start_limited(template, extra_args, None)
+    }
+
+    /// Like `start_with`, with the process's address space capped at
+    /// `address_space_limit` bytes (RLIMIT_AS) when given.
+    pub fn start_limited(template: &str, extra_args: &[&str], address_space_limit: Option<u64>) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = HashMap::new();
         let metrics_port = free_port();
@@ -94,6 +102,7 @@ impl Server {
             config,
             ports,
             metrics_port,
+            address_space_limit,
         };
         s.spawn(extra_args);
         s
@@ -129,6 +138,19 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(limit) = self.address_space_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let listeners_file = self.data_dir().join("listeners.json");
         let _ = std::fs::remove_file(&listeners_file);
         let child = cmd.spawn().expect("spawn weir");
