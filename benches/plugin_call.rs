@@ -29,7 +29,7 @@ use weir::policy::types::{Grant, PluginDecl, PluginLimits, PluginPath};
 /// A plugin as `make plugins` builds it.
 fn wasm_path(name: &str) -> std::path::PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
     });
     let p = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
     assert!(p.exists(), "{} missing: run `make plugins`", p.display());

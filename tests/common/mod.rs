@@ -30,7 +30,7 @@ pub fn free_port() -> u16 {
 
 /// The repository root (for tests/clients scripts and shared/).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 pub struct Server {

@@ -36,7 +36,7 @@ use crate::policy::types::{BreakerConfig, Grant, PluginDecl, StageName};
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../sdk/wit",
+    path: "sdk/wit",
     // Only the capabilities that wait (DNS, mail-auth) are async: a sync
     // host call is cheaper, and the rest never block.
     imports: {
@@ -510,7 +510,7 @@ pub fn plugin_dir() -> String {
     std::env::var("WEIR_PLUGIN_DIR")
         .ok()
         .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/build").to_string())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/build").to_string())
 }
 
 /// The host capabilities (weir:plugin/<name>) a component imports.
