@@ -303,6 +303,15 @@ const FULL_GUARD: u64 = 32 << 20;
 /// 64-bit Linux process has): 16 TiB, about 2000 instances' memories.
 const MAX_POOL_ADDRESS_SPACE: u64 = 16 << 40;
 
+/// The engine with bounded memories; if even that much address space is
+/// refused, an error that says how much is needed and what to change.
+fn bounded(n: u32, max_memory: usize) -> Result<Engine> {
+    engine(n, max_memory, MemoryLayout::Bounded).map_err(|e| {
+        let gib = 2 * n as u64 * (max_memory as u64 + (64 << 10)) >> 30;
+        anyhow!("{e}: plugin memories need about {gib} GiB of address space for plugin_runtime.max_instances = {n}; raise the process's address-space limit (ulimit -v) or lower max_instances")
+    })
+}
+
 /// The engine: epoch interruption, the pooling allocator sized for `n`
 /// instances, and linear memories laid out as `layout` says.
 fn engine(n: u32, max_memory: usize, layout: MemoryLayout) -> Result<Engine> {
@@ -361,11 +370,11 @@ impl Runtime {
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot reserve 4 GiB of address space per plugin memory; plugin memories are bounds-checked");
-                engine(n, max_memory, MemoryLayout::Bounded)?
+                bounded(n, max_memory)?
             }
             None => {
                 tracing::info!(max_instances = n, "too many instances for 4 GiB each; plugin memories are bounds-checked");
-                engine(n, max_memory, MemoryLayout::Bounded)?
+                bounded(n, max_memory)?
             }
         };
         let mut linker: Linker<PluginState> = Linker::new(&engine);
