@@ -203,23 +203,13 @@ pipelines:
 /// much it needs and what to change, instead of only that a mapping failed.
 #[test]
 fn too_little_address_space_is_explained() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.yaml");
     let policy = format!("listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    pipeline: p\nplugins:\n  noop:\n    path: {}\npipelines:\n  p:\n    data: [{{plugin: noop}}]\n", plugin("test_noop"));
     std::fs::write(&path, policy).unwrap();
     let mut cmd = Command::new(WEIR);
     cmd.args(["policy", "check"]).arg(&path);
-    // SAFETY: only setrlimit, async-signal-safe, runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let l = libc::rlimit { rlim_cur: 100 << 30, rlim_max: 100 << 30 };
-            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_address_space(&mut cmd, 100 << 30);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

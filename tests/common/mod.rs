@@ -28,6 +28,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Caps the address space (RLIMIT_AS) of the process `cmd` will start.
+pub fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, async-signal-safe, runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The repository root (for tests/clients scripts and shared/).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -139,17 +154,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(limit) = self.address_space_limit {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only setrlimit, async-signal-safe, runs in the child.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let l = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
-                    if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            limit_address_space(&mut cmd, limit);
         }
         let listeners_file = self.data_dir().join("listeners.json");
         let _ = std::fs::remove_file(&listeners_file);

@@ -307,7 +307,7 @@ const MAX_POOL_ADDRESS_SPACE: u64 = 16 << 40;
 /// refused, an error that says how much is needed and what to change.
 fn bounded(n: u32, max_memory: usize) -> Result<Engine> {
     engine(n, max_memory, MemoryLayout::Bounded).map_err(|e| {
-        let gib = 2 * n as u64 * (max_memory as u64 + (64 << 10)) >> 30;
+        let gib = (2 * n as u64 * (max_memory as u64 + (64 << 10))) >> 30;
         anyhow!("{e}: plugin memories need about {gib} GiB of address space for plugin_runtime.max_instances = {n}; raise the process's address-space limit (ulimit -v) or lower max_instances")
     })
 }
