@@ -2,6 +2,8 @@
 //! pairs) and the header changes they may ask for: add, remove, replace.
 //! Weir's own Received: header (the first `keep` octets) is never touched.
 
+use std::borrow::Cow;
+
 use crate::plugin::wit;
 
 /// Where a message's header section ends: just after the CRLF of its last
@@ -10,22 +12,32 @@ pub fn header_block_end(body: &[u8]) -> usize {
     memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
 }
 
-/// Header fields: (name, raw field including its CRLF and continuation lines).
-fn fields(block: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+/// Header fields: (name, raw field including its CRLF and continuation
+/// lines), borrowed from the block: only what a change replaces is copied.
+fn fields(block: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
+    let mut out: Vec<(Cow<'_, str>, Cow<'_, [u8]>)> = Vec::new();
+    // Where the current field began.
+    let mut field_start = 0;
+    let mut pos = 0;
     for line in block.split_inclusive(|b| *b == b'\n') {
+        let end = pos + line.len();
         if (line.starts_with(b" ") || line.starts_with(b"\t")) && !out.is_empty() {
             if let Some(last) = out.last_mut() {
-                last.1.extend_from_slice(line);
+                last.1 = Cow::Borrowed(&block[field_start..end]);
             }
+            pos = end;
             continue;
         }
-        let name = line
-            .iter()
-            .position(|b| *b == b':')
-            .map(|p| String::from_utf8_lossy(&line[..p]).trim().to_string())
-            .unwrap_or_default();
-        out.push((name, line.to_vec()));
+        let name = match line.iter().position(|b| *b == b':') {
+            Some(p) => match String::from_utf8_lossy(&line[..p]) {
+                Cow::Borrowed(n) => Cow::Borrowed(n.trim()),
+                Cow::Owned(n) => Cow::Owned(n.trim().to_string()),
+            },
+            None => Cow::Borrowed(""),
+        };
+        out.push((name, Cow::Borrowed(line)));
+        field_start = pos;
+        pos = end;
     }
     out
 }
@@ -115,7 +127,7 @@ pub fn apply(body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::C
                 let new = field(&h.name, &h.value);
                 match fs.iter().position(|(name, _)| name.eq_ignore_ascii_case(&h.name)) {
                     Some(i) => {
-                        fs[i] = (h.name.clone(), new);
+                        fs[i] = (Cow::Owned(h.name.clone()), Cow::Owned(new));
                         let mut k = 0;
                         fs.retain(|(name, _)| {
                             let drop = name.eq_ignore_ascii_case(&h.name) && k > i;
@@ -184,5 +196,14 @@ mod tests {
         );
         let s = String::from_utf8(out).unwrap();
         assert_eq!(s, "Received: mine\r\nX-Added: yes Bcc: evil@x\r\nSubject: [SPAM] hi\r\n\r\nbody\r\nX-Old: not a header\r\n");
+    }
+
+    #[test]
+    fn untouched_fields_stay_byte_for_byte() {
+        let msg = b"Received: mine\r\nDKIM-Signature: v=1;\r\n\tb=abc\r\nX-\xffBin: v\r\nX-Dup: 1\r\n  cont\r\nX-Dup: 2\r\n\r\nbody".to_vec();
+        let keep = b"Received: mine\r\n".len();
+        let replace = ch(wit::Change::ReplaceHeader(wit::Header { name: "x-dup".into(), value: "new".into() }));
+        let out = apply(msg, keep, &[replace, ch(wit::Change::RemoveHeader("X-Absent".into()))]);
+        assert_eq!(out, b"Received: mine\r\nDKIM-Signature: v=1;\r\n\tb=abc\r\nX-\xffBin: v\r\nx-dup: new\r\n\r\nbody".to_vec());
     }
 }
