@@ -66,6 +66,14 @@ fn listeners(names: &[&str]) -> String {
         .collect()
 }
 
+/// A server with one listener, `mx`, running pipeline `p`; `rest` adds
+/// the plugins, the pipeline and anything else.
+fn mx_server(rest: &str) -> String {
+    format!(
+        "server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 127.0.0.1:{{port:mx}}\n    tls: none\n    pipeline: p\nmetrics:\n  bind: 127.0.0.1:{{metrics}}\ndelivery:\n  enabled: false\n{rest}"
+    )
+}
+
 /// Sends messages on `port` until stopped; counts successes and failures.
 fn background_sender(port: u16, stop: Arc<AtomicBool>, ok: Arc<AtomicUsize>, failed: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -219,10 +227,10 @@ fn too_little_address_space_is_explained() {
 
 #[test]
 fn the_circuit_breaker_switches_a_faulty_plugin_off() {
-    let cfg = format!(
-        "server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 127.0.0.1:{{port:mx}}\n    tls: none\n    pipeline: p\nmetrics:\n  bind: 127.0.0.1:{{metrics}}\ndelivery:\n  enabled: false\nplugins:\n  trap:\n    path: {}\n    circuit_breaker: {{faults: 3, window: 60s}}\npipelines:\n  p:\n    data: [{{plugin: trap, on_error: continue}}]\n",
+    let cfg = mx_server(&format!(
+        "plugins:\n  trap:\n    path: {}\n    circuit_breaker: {{faults: 3, window: 60s}}\npipelines:\n  p:\n    data: [{{plugin: trap, on_error: continue}}]\n",
         plugin("test_trap")
-    );
+    ));
     let s = Server::start(&cfg);
     let mut c = Smtp::connect(s.port("mx"));
     c.cmd("EHLO client.test").is(250, "");
@@ -612,20 +620,8 @@ pipelines:
 /// plugin serves again once sessions end.
 #[test]
 fn running_out_of_instances_does_not_trip_the_circuit_breaker() {
-    let cfg = format!(
-        r#"
-server:
-  hostname: mx.test
-listeners:
-  mx:
-    bind: 127.0.0.1:{{port:mx}}
-    tls: none
-    pipeline: p
-metrics:
-  bind: 127.0.0.1:{{metrics}}
-delivery:
-  enabled: false
-plugin_runtime:
+    let cfg = mx_server(&format!(
+        r#"plugin_runtime:
   max_instances: 16
 plugins:
   rcpt:
@@ -637,7 +633,7 @@ pipelines:
     rcpt_to: [{{plugin: rcpt}}]
 "#,
         rcpt = plugin("test_rcpt_guard"),
-    );
+    ));
     let s = Server::start(&cfg);
     let open = || {
         let mut c = Smtp::connect(s.port("mx"));
@@ -675,20 +671,8 @@ fn stateless_plugins_keep_to_their_session_then_share_and_each_call_sees_its_own
     const N: usize = 6;
     // Instances per stateless plugin before sessions share: many, then two.
     for idle in [64usize, 2] {
-        let cfg = format!(
-            r#"
-server:
-  hostname: mx.test
-listeners:
-  mx:
-    bind: 127.0.0.1:{{port:mx}}
-    tls: none
-    pipeline: p
-metrics:
-  bind: 127.0.0.1:{{metrics}}
-delivery:
-  enabled: false
-plugin_runtime:
+        let cfg = mx_server(&format!(
+            r#"plugin_runtime:
   idle_instances: {idle}
 plugins:
   stamp:
@@ -704,7 +688,7 @@ pipelines:
 "#,
             stamp = plugin("test_stamp"),
             rcpt = plugin("test_rcpt_guard"),
-        );
+        ));
         let s = Server::start(&cfg);
         let mut sessions: Vec<Smtp> = (0..N)
             .map(|i| {

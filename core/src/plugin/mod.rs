@@ -288,7 +288,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const MAX_PLUGIN_MEMORY_MB: u32 = 256;
 
 /// How plugin linear memories sit in the address space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum MemoryLayout {
     /// 4 GiB reserved per memory: no bounds checks in compiled code.
     Full,
@@ -362,19 +362,19 @@ impl Runtime {
         // third slower. The pool reserves its address space when the engine
         // starts: if the full layout is too large for this many instances,
         // or the kernel refuses it (a `ulimit -v`), use the bounded one.
-        let full = (2 * n as u64).saturating_mul(FULL_RESERVATION + FULL_GUARD) <= MAX_POOL_ADDRESS_SPACE;
-        let engine = match full.then(|| engine(n, max_memory, MemoryLayout::Full)) {
-            Some(Ok(engine)) => {
-                tracing::info!(max_instances = n, "plugin memories: 4 GiB of address space each, no bounds checks");
-                engine
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot reserve 4 GiB of address space per plugin memory; plugin memories are bounds-checked");
-                bounded(n, max_memory)?
-            }
-            None => {
-                tracing::info!(max_instances = n, "too many instances for 4 GiB each; plugin memories are bounds-checked");
-                bounded(n, max_memory)?
+        let engine = if (2 * n as u64).saturating_mul(FULL_RESERVATION + FULL_GUARD) > MAX_POOL_ADDRESS_SPACE {
+            tracing::info!(max_instances = n, "too many instances for 4 GiB each; plugin memories are bounds-checked");
+            bounded(n, max_memory)?
+        } else {
+            match engine(n, max_memory, MemoryLayout::Full) {
+                Ok(engine) => {
+                    tracing::info!(max_instances = n, "plugin memories: 4 GiB of address space each, no bounds checks");
+                    engine
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve 4 GiB of address space per plugin memory; plugin memories are bounds-checked");
+                    bounded(n, max_memory)?
+                }
             }
         };
         let mut linker: Linker<PluginState> = Linker::new(&engine);
@@ -670,7 +670,9 @@ impl InstancePool {
         if self.live.get(slot).is_some_and(|l| l.load(Ordering::Relaxed) < self.idle_cap) {
             return None;
         }
-        idle.free_or_newest()
+        // None is free (searched above): the most recently used.
+        let newest = idle.instances.len().checked_sub(1)?;
+        Some(idle.remove(newest))
     }
 
     /// Counts a new instance of the plugin in `slot` among the live ones.
