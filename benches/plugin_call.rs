@@ -152,10 +152,11 @@ async fn transaction(sp: &mut SessionPolicy, ctx: &mut Context, body: &Arc<Vec<u
     }
 }
 
-/// One message after another through the pipeline, `SESSIONS` sessions
-/// taking turns; `pollute` bytes of other memory touched between messages.
+/// One message after another through the pipeline, sessions
+/// (20, or `BENCH_SESSIONS`) taking turns; `pollute` bytes of other memory
+/// touched between messages.
 fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
-    const SESSIONS: usize = 20;
+    let sessions_n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, pipeline_yaml(dir.path(), noop)).unwrap();
@@ -175,7 +176,7 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
     let body = Arc::new(body);
     let mut sessions: Vec<(SessionPolicy, Context)> = rt.block_on(async {
         let mut v = Vec::new();
-        for i in 0..SESSIONS {
+        for i in 0..sessions_n {
             let mut sp = SessionPolicy::new(policy.clone(), Some("five".into()));
             let mut ctx = ctx();
             ctx.connection.remote_port = 40000 + i as u16;
@@ -202,7 +203,7 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
                                 junk[k] = junk[k].wrapping_add(1);
                             }
                         }
-                        turn = (turn + 1) % SESSIONS;
+                        turn = (turn + 1) % sessions_n;
                         let (sp, ctx) = &mut sessions[turn];
                         let start = Instant::now();
                         transaction(sp, ctx, &body, &headers).await;
