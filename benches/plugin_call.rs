@@ -152,11 +152,11 @@ async fn transaction(sp: &mut SessionPolicy, ctx: &mut Context, body: &Arc<Vec<u
     }
 }
 
-/// One message after another through the pipeline, sessions
-/// (20, or `BENCH_SESSIONS`) taking turns; `pollute` bytes of other memory
-/// touched between messages.
+/// One message after another through the pipeline, 20 sessions (or
+/// `BENCH_SESSIONS`) taking turns; `pollute` bytes of other memory touched
+/// between messages.
 fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
-    let sessions_n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let sessions_n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, pipeline_yaml(dir.path(), noop)).unwrap();
