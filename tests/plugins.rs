@@ -397,10 +397,7 @@ fn policy_check_reports_each_kind_of_bad_policy_with_a_location() {
 #[test]
 fn reload_during_traffic_never_fails_a_session() {
     let template = |pipeline: &str| {
-        format!(
-            "server:\n  hostname: mx.test\nlisteners:\n  mx:\n    bind: 127.0.0.1:{{port:mx}}\n    tls: none\n    pipeline: p\nmetrics:\n  bind: null\ndelivery:\n  enabled: false\n{}\npipelines:\n  p:\n{pipeline}",
-            plugins_block("")
-        )
+        mx_server(&format!("{}\npipelines:\n  p:\n{pipeline}", plugins_block("")))
     };
     let s = Server::start(&template("    data: [{plugin: stamp}]\n"));
     let port = s.port("mx");
