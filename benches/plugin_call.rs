@@ -20,17 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-
 use weir::config::{Config, ConfigSource};
 use weir::plugin::{wit, Context, Envelope, HostServices, Instance, Runtime, RuntimeConfig};
 use weir::policy::types::StageName;
 use weir::policy::SessionPolicy;
 use weir::policy::types::{Grant, PluginDecl, PluginLimits, PluginPath};
-
-/// The server's allocator (see core/src/main.rs), so calls here allocate as
-/// they do there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A plugin as `make plugins` builds it.
 fn wasm_path(name: &str) -> std::path::PathBuf {
