@@ -3,7 +3,8 @@
 #   make test   set up, build, run the whole suite
 #
 # Everything (server, tests, benchmarks) builds with one cargo profile
-# (--release), so RocksDB and the other heavy dependencies compile once.
+# (--release), so RocksDB and the other heavy dependencies compile once
+# (`make dist`, the binary to install, has a profile of its own).
 # The target directory lives outside the clone so every checkout and CI run
 # on this machine shares one incremental cache.
 
@@ -13,7 +14,7 @@ CARGO ?= cargo
 PROFILE := --release
 WEIR := $(CARGO_TARGET_DIR)/release/weir
 
-.PHONY: all setup build plugins run test check bench clean-data spam-model spam-report
+.PHONY: all setup build dist plugins run test check bench clean-data spam-model spam-report
 
 # The labelled corpus the shipped spam model is trained and measured on.
 SPAM_CORPUS ?= ../shared/corpus/spamassassin
@@ -25,6 +26,11 @@ setup:
 
 build: setup plugins
 	$(CARGO) build $(PROFILE) --workspace --bins
+
+# The binary to install: the `dist` profile (fat LTO; see Cargo.toml), in
+# $(CARGO_TARGET_DIR)/dist/weir. Not used by run, test or bench.
+dist: setup plugins
+	$(CARGO) build --profile dist --bin weir
 
 # Every plugin in the repo, as WebAssembly components (wasm32-wasip2).
 plugins: setup
