@@ -79,21 +79,22 @@ fn apply(c: &mut Context, e: w::Event) {
 }
 
 /// What an exported plugin keeps between calls: the plugin value of the
-/// session in progress and that session's context.
+/// session in progress, and the context as the host last told it.
 pub struct Exported<P> {
     plugin: P,
     ctx: Context,
 }
 
 /// The body of the exported `on-stage`: a new session starts from a fresh
-/// plugin value and an empty context; the event updates the context; the
-/// stage's method decides.
+/// plugin value; the event brings the context up to date (from whatever
+/// the host told this instance last, in this session or an earlier one);
+/// the stage's method decides.
 pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, e: w::Event) -> w::Decision {
     let mut slot = slot.borrow_mut();
-    if e.new_session {
-        *slot = None;
-    }
     let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), ctx: Context::new(Stage::Connect) });
+    if e.new_session {
+        s.plugin = P::default();
+    }
     crate::host::set_config_id(e.config_id);
     apply(&mut s.ctx, e);
     decision_to_wit(dispatch(&mut s.plugin, &s.ctx))

@@ -48,9 +48,8 @@ pub trait Plugin: Default {
 
     /// Whether the plugin keeps nothing in its fields from one call of a
     /// session to the next. A stateless plugin's calls may run on any
-    /// instance — a session keeps to its own while instances are plenty,
-    /// and shares them when the plugin has `plugin_runtime.idle_instances`
-    /// already, so a server with many sessions open needs far fewer.
+    /// instance: a few warm ones serve all sessions, so a server with many
+    /// sessions open needs far fewer, and each call costs less.
     /// Leave it false if a method reads what an earlier one wrote
     /// in `self` (a counter, a result kept from mail_from for data): such a
     /// plugin gets an instance of its own for each session. (A plugin that

@@ -124,7 +124,8 @@ impl Context {
 
     /// Sum of the score symbols so far.
     pub fn score(&self) -> f64 {
-        self.symbols.iter().map(|(_, s)| s).sum()
+        // Not `sum()`: an empty f64 sum is -0.0, which prints as "-0".
+        self.symbols.iter().fold(0.0, |total, (_, s)| total + s)
     }
 }
 
@@ -314,6 +315,15 @@ impl Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_without_symbols_scores_zero_not_minus_zero() {
+        let mut c = Context::new(Stage::Data);
+        assert_eq!(format!("{}", c.score()), "0");
+        c.symbols.push(("A".into(), 0.5));
+        c.symbols.push(("B".into(), -2.0));
+        assert_eq!(c.score(), -1.5);
+    }
 
     #[test]
     fn headers_unfold_as_the_server_shows_them() {

@@ -5,6 +5,10 @@
 //! all session long, the sender at every recipient, the headers from data to
 //! route — cost nothing: lowering them into the guest on every call (a trip
 //! into the guest's allocator per string) was most of a call's cost.
+//! The difference is taken from whatever the instance was told last, in
+//! this session or an earlier one (a fact the new session lacks is told as
+//! cleared), so an instance can move between sessions without being told
+//! everything again.
 
 use std::sync::Arc;
 
@@ -62,9 +66,9 @@ pub fn header_section(message: &[u8]) -> Arc<str> {
     Arc::from(String::from_utf8_lossy(&message[..end]))
 }
 
-/// What one instance was told, as of its last call. A new instance, and
-/// one starting a new session, was told nothing (its guest starts from an
-/// empty context).
+/// What one instance was told, as of its last call, whichever session it
+/// served. A new instance was told nothing (its guest starts from an empty
+/// context); a guest keeps its context from one session to the next.
 #[derive(Debug, Default)]
 pub struct Told {
     connection: Option<wit::Connection>,
@@ -92,11 +96,10 @@ fn splice<T: PartialEq + Clone>(told: &mut Vec<T>, now: &[T]) -> Option<(u32, Ve
 
 impl Told {
     /// The event that brings the instance from what it was told to `ctx`,
-    /// and remembers `ctx` as told.
+    /// and remembers `ctx` as told. `new_session` only tells the guest to
+    /// forget its own per-session state: the facts are a difference all
+    /// the same.
     pub fn event(&mut self, ctx: &Context, new_session: bool, config_id: u32) -> wit::Event {
-        if new_session {
-            *self = Told::default();
-        }
         let connection = (self.connection.as_ref() != Some(&ctx.connection)).then(|| {
             self.connection = Some(ctx.connection.clone());
             ctx.connection.clone()
@@ -171,10 +174,8 @@ mod tests {
     }
 
     impl Guest {
+        /// As the SDK does: a new session does not reset the context.
         fn apply(&mut self, e: wit::Event) {
-            if e.new_session {
-                *self = Guest::default();
-            }
             if let Some(c) = e.connection {
                 self.connection = Some(c);
             }
@@ -271,16 +272,42 @@ mod tests {
     }
 
     #[test]
-    fn a_new_session_tells_everything_again() {
+    fn an_instance_moving_to_another_session_is_told_the_difference_and_sees_only_the_new_session() {
         let mut told = Told::default();
-        let mut ctx = Context::new(conn());
-        ctx.envelope.recipients.push("b@example.org".into());
-        ctx.tags.push(("t".into(), "v".into()));
-        told.event(&ctx, true, 0);
-        assert!(told.event(&ctx, false, 0).connection.is_none());
-        let e = told.event(&ctx, true, 0);
+        let mut guest = Guest::default();
+        // Session A, in the middle of a message.
+        let mut a = Context::new(conn());
+        a.envelope.sender = Some("a@example.org".into());
+        a.envelope.recipients.push("b@example.org".into());
+        a.tags.push(("t".into(), "v".into()));
+        a.symbols.push(("S".into(), 1.0));
+        a.headers = Some(header_section(b"Subject: a\r\n\r\n"));
+        guest.apply(told.event(&a, true, 0));
+        assert!(guest.sees(&a));
+        // Session B, another client, before MAIL FROM: everything A had
+        // and B has not is told as cleared.
+        let mut b = Context::new(wit::Connection { remote_ip: "198.51.100.7".into(), remote_port: 5000, ..conn() });
+        let e = told.event(&b, true, 0);
         assert!(e.new_session && e.connection.is_some());
-        assert_eq!(e.recipients.map(|r| (r.keep, r.items.len())), Some((0, 1)));
-        assert_eq!(e.tags.map(|t| (t.keep, t.items.len())), Some((0, 1)));
+        assert_eq!(e.mail_from.as_ref().map(|m| m.address.clone()), Some(None), "A's sender is taken back");
+        assert_eq!(e.recipients.as_ref().map(|r| (r.keep, r.items.len())), Some((0, 0)));
+        assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 0)));
+        assert_eq!(e.symbols.as_ref().map(|s| (s.keep, s.items.len())), Some((0, 0)));
+        assert_eq!(e.headers.as_deref(), Some(""));
+        guest.apply(e);
+        assert!(guest.sees(&b), "the guest holds B's facts and nothing of A's");
+        // B's own next call: only what changed.
+        b.envelope.sender = Some("c@example.org".into());
+        let e = told.event(&b, false, 0);
+        assert!(e.connection.is_none() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
+        guest.apply(e);
+        assert!(guest.sees(&b));
+        // Facts two sessions share (the same sender) are not told again.
+        let mut c = Context::new(conn());
+        c.envelope.sender = Some("c@example.org".into());
+        let e = told.event(&c, true, 0);
+        assert!(e.connection.is_some() && e.mail_from.is_none());
+        guest.apply(e);
+        assert!(guest.sees(&c));
     }
 }

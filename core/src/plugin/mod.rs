@@ -3,9 +3,9 @@
 //! the file's SHA-256) and pre-linked (`InstancePre`); the pooling
 //! allocator; one instance per plugin per SMTP session, created when first
 //! needed, and kept in an [`InstancePool`] after the session for a later
-//! one (the guest is told a new session began and starts afresh; see
-//! `event`); a plugin that says it is stateless takes an idle instance for
-//! each call instead, the session's own while there are enough (`policy`,
+//! one (the guest is told a new session began and forgets its own state;
+//! see `event`); a plugin that says it is stateless takes an idle instance
+//! for each call instead, so a few warm ones serve all sessions (`policy`,
 //! [`InstancePool`]). Every call runs under the plugin's memory
 //! cap and time budget (epoch interruption, yielding to other tasks at
 //! every tick) and a deadline that host waits count against. A trap,
@@ -22,7 +22,7 @@ pub use event::{Context, Envelope};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -567,8 +567,7 @@ impl Runtime {
     /// known to the runtime so that it can be emptied when slots run out.
     pub fn new_pool(&self, slots: usize) -> Arc<InstancePool> {
         let pool = Arc::new(InstancePool {
-            slots: (0..slots).map(|_| Mutex::new(Idle::default())).collect(),
-            live: (0..slots).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+            slots: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
             idle_cap: self.idle_instances,
         });
         let mut all = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -595,133 +594,63 @@ impl Runtime {
     }
 }
 
-/// Idle instances of a policy's plugins, by plugin slot: between sessions,
-/// and for stateless plugins between calls.
+/// Idle instances of a policy's plugins, by plugin slot, most recently
+/// used last: between sessions, and for stateless plugins between calls.
 ///
-/// A stateless plugin's instance goes back to the pool after every call but
-/// stays marked with the session it served, and that session's next call
-/// takes it again: it needs to be told only what changed, which costs far
-/// less than telling another instance the whole context (measured: 30-40%
-/// less per message with warm caches, about 10% with cold ones, in
-/// `benches/plugin_call.rs` pipeline_message). Only
-/// when a plugin has `idle_cap` instances already do sessions share them.
+/// A stateless plugin's instance goes back to the pool after every call,
+/// and a call takes an idle one rather than making another, so the plugin
+/// has about as many instances as calls run at once, and they stay in the
+/// CPU's caches: a few warm instances serve every session. An instance that
+/// moves to another session is told only what differs from what it was
+/// told last (see `event`), which costs little more than its own session's
+/// next call would. Measured at 100 sessions with the five test plugins:
+/// 10-15% more messages a second than one instance per session
+/// (benches/README.md).
 pub struct InstancePool {
-    slots: Vec<Mutex<Idle>>,
-    /// Instances of each slot's plugin that exist (idle or in a call), for
-    /// stateless plugins.
-    live: Vec<Arc<AtomicUsize>>,
+    /// By slot: each idle instance with the session it last served (kept
+    /// beside it, so finding a session's instance reads one array, not
+    /// every instance).
+    slots: Vec<Mutex<Vec<(u64, Box<Instance>)>>>,
     idle_cap: usize,
 }
 
-/// One plugin's idle instances, oldest first, with the session each last
-/// served (0: its session is over). Boxed: taking one from the middle
-/// moves pointers, not instances.
-#[derive(Default)]
-struct Idle {
-    instances: Vec<Box<Instance>>,
-    sessions: Vec<u64>,
-}
-
-impl Idle {
-    fn remove(&mut self, i: usize) -> Box<Instance> {
-        self.sessions.remove(i);
-        self.instances.remove(i)
-    }
-
-    /// The most recently used instance whose session is over, else the
-    /// most recently used one.
-    fn free_or_newest(&mut self) -> Option<Box<Instance>> {
-        let i = self.sessions.iter().rposition(|&s| s == 0).or(self.instances.len().checked_sub(1))?;
-        Some(self.remove(i))
-    }
-}
-
-/// Counts an instance among its plugin's live ones until it is dropped.
-pub struct LiveToken(Arc<AtomicUsize>);
-
-impl Drop for LiveToken {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl InstancePool {
-    /// An idle instance for a session's first use of a plugin that keeps
-    /// per-session state (the guest is told a new session began): one
-    /// whose session is over, else the most recently used.
+    /// The most recently used idle instance, for a session's first use of
+    /// a plugin that keeps per-session state (the guest is told a new
+    /// session began).
     pub fn take(&self, slot: usize) -> Option<Box<Instance>> {
-        self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).free_or_newest()
+        Some(self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).pop()?.1)
     }
 
-    /// An instance for one call of a stateless plugin by `session`: the one
-    /// that served the session last if it is idle; else one whose session
-    /// is over; else none while the plugin has fewer than `idle_cap`
-    /// instances (the caller makes one); else the most recently used (the
-    /// session it served is the one furthest from its next call when
-    /// sessions take turns).
+    /// An idle instance for one call of a stateless plugin by `session`:
+    /// the one that served the session last, if it is idle (it needs to be
+    /// told least), else the most recently used. None when every instance
+    /// is busy: the caller makes one.
     pub fn take_for_call(&self, slot: usize, session: u64) -> Option<Box<Instance>> {
         let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = idle.sessions.iter().rposition(|&s| s == session) {
-            return Some(idle.remove(i));
-        }
-        if let Some(i) = idle.sessions.iter().rposition(|&s| s == 0) {
-            return Some(idle.remove(i));
-        }
-        if self.live.get(slot).is_some_and(|l| l.load(Ordering::Relaxed) < self.idle_cap) {
-            return None;
-        }
-        // None is free (searched above): the most recently used.
-        let newest = idle.instances.len().checked_sub(1)?;
-        Some(idle.remove(newest))
+        let i = idle.iter().rposition(|(s, _)| *s == session).or(idle.len().checked_sub(1))?;
+        Some(idle.remove(i).1)
     }
 
-    /// Counts a new instance of the plugin in `slot` among the live ones.
-    pub fn count(&self, slot: usize) -> Option<LiveToken> {
-        let live = self.live.get(slot)?;
-        live.fetch_add(1, Ordering::Relaxed);
-        Some(LiveToken(live.clone()))
-    }
-
-    /// Keeps an instance after a call (`session_over: false`; it stays
-    /// marked as its session's) or after its session (it may serve any
-    /// later one), unless its plugin is not to be reused, it broke, it has
-    /// grown past half its memory cap (a leak would otherwise end in a
-    /// fault), or enough are kept already.
-    pub fn give_back(&self, slot: usize, inst: Box<Instance>, session_over: bool) {
+    /// Keeps an instance after a call or a session, unless its plugin is
+    /// not to be reused, it broke, it has grown past half its memory cap
+    /// (a leak would otherwise end in a fault), or enough are kept already.
+    pub fn give_back(&self, slot: usize, inst: Box<Instance>) {
         let plugin = inst.plugin();
         if !plugin.reuse || inst.broken || plugin.is_disabled() || inst.memory_size() > plugin.memory_cap / 2 {
             return;
         }
         if let Some(s) = self.slots.get(slot) {
             let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.instances.len() < self.idle_cap {
-                idle.sessions.push(if session_over { 0 } else { inst.session });
-                idle.instances.push(inst);
-            }
-        }
-    }
-
-    /// `session` is over: its stateless plugins' idle instances may serve
-    /// any session.
-    pub fn end_session(&self, session: u64) {
-        for s in &self.slots {
-            let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
-            for tag in idle.sessions.iter_mut().filter(|t| **t == session) {
-                *tag = 0;
+            if idle.len() < self.idle_cap {
+                idle.push((inst.session, inst));
             }
         }
     }
 
     /// Drops every idle instance; returns how many there were.
     fn clear(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| {
-                let mut idle = s.lock().unwrap_or_else(|p| p.into_inner());
-                idle.sessions.clear();
-                std::mem::take(&mut idle.instances).len()
-            })
-            .sum()
+        self.slots.iter().map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())).len()).sum()
     }
 }
 
@@ -737,8 +666,6 @@ pub struct Instance {
     new_session: bool,
     /// Set when a call was cut off mid-way: the instance must not be reused.
     pub broken: bool,
-    /// Counts it among its plugin's live instances (stateless plugins).
-    pub live: Option<LiveToken>,
 }
 
 impl Instance {
@@ -779,13 +706,13 @@ impl Instance {
             session: 0,
             new_session: true,
             broken: false,
-            live: None,
         })
     }
 
     /// Makes the instance serve `session` (a number unique in the process):
     /// if it served another before, the guest will be told a new session
-    /// began, and told every fact again.
+    /// began (it forgets its own per-session state; its context is brought
+    /// up to date like at any call).
     pub fn serve(&mut self, session: u64) {
         if self.session != session {
             self.session = session;

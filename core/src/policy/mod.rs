@@ -368,9 +368,6 @@ pub struct SessionPolicy {
     /// The session's own instances (plugins with per-session state), by
     /// plugin slot.
     instances: Vec<Option<Box<Instance>>>,
-    /// It called a stateless plugin (whose idle instances are marked as
-    /// this session's until it ends).
-    shared_calls: bool,
 }
 
 impl Drop for SessionPolicy {
@@ -379,11 +376,8 @@ impl Drop for SessionPolicy {
         if let Some(pool) = &self.policy.pool {
             for (slot, inst) in self.instances.iter_mut().enumerate() {
                 if let Some(i) = inst.take() {
-                    pool.give_back(slot, i, true);
+                    pool.give_back(slot, i);
                 }
-            }
-            if self.shared_calls {
-                pool.end_session(self.id);
             }
         }
     }
@@ -394,7 +388,7 @@ impl SessionPolicy {
         let pipeline = pipeline.and_then(|p| policy.pipelines.get(&p).cloned());
         let instances = (0..policy.slots).map(|_| None).collect();
         let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SessionPolicy { policy, pipeline, id, instances, shared_calls: false }
+        SessionPolicy { policy, pipeline, id, instances }
     }
 
     /// Whether the session runs a pipeline at all.
@@ -420,11 +414,8 @@ impl SessionPolicy {
                 let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
                     return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
                 };
-                let mut i = Box::new(rt.instantiate(step.plugin.clone(), services.clone()).await?);
+                let i = Box::new(rt.instantiate(step.plugin.clone(), services.clone()).await?);
                 step.instances[0].increment(1);
-                if step.shared {
-                    i.live = policy.pool.as_ref().and_then(|p| p.count(step.slot));
-                }
                 i
             }
         };
@@ -439,11 +430,10 @@ impl SessionPolicy {
         }
         let r = if step.shared {
             // A stateless plugin: an instance for this call only.
-            self.shared_calls = true;
             let mut inst = Self::acquire(&self.policy, self.id, step).await?;
             let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
             if let Some(pool) = &self.policy.pool {
-                pool.give_back(step.slot, inst, false);
+                pool.give_back(step.slot, inst);
             }
             r
         } else {
