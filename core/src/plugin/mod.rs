@@ -439,6 +439,15 @@ impl Runtime {
         let component = self
             .compile(&bytes, &hash)
             .map_err(|e| anyhow!("{} is not a valid plugin component: {e}", path.display()))?;
+        // A plugin built against another version of the interface may
+        // type-check and still mean something else by it (0.3.0 changed what
+        // `new-session` asks of the guest): refused, with what to do.
+        if let Some(v) = foreign_interface_version(&self.engine, &component) {
+            return Err(anyhow!(
+                "{} was built against weir:plugin@{v}, but this Weir speaks weir:plugin@{INTERFACE_VERSION}: rebuild it against the current SDK",
+                path.display()
+            ));
+        }
         // Load-time enforcement of grants: a capability interface the
         // component imports must be granted.
         let imported = imported_capabilities(&self.engine, &component);
@@ -520,6 +529,31 @@ pub fn plugin_dir() -> String {
         .ok()
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/build").to_string())
+}
+
+/// The version of the plugin interface (sdk/wit/plugin.wit) this host
+/// speaks.
+pub const INTERFACE_VERSION: &str = "0.3.0";
+
+/// Whether two interface versions are compatible by semver: the same major
+/// version, and below 1.0 the same minor one.
+fn compatible_versions(a: &str, b: &str) -> bool {
+    let key = |v: &str| {
+        let mut parts = v.split(['.', '-', '+']);
+        let major = parts.next().unwrap_or("").to_string();
+        let minor = parts.next().unwrap_or("").to_string();
+        if major == "0" { (major, minor) } else { (major, String::new()) }
+    };
+    key(a) == key(b)
+}
+
+/// The version of a weir:plugin interface the component imports, if it is
+/// not one this host speaks (every Rust plugin imports `types`).
+fn foreign_interface_version(engine: &Engine, c: &Component) -> Option<String> {
+    c.component_type().imports(engine).find_map(|(name, _)| {
+        let (_, version) = name.strip_prefix("weir:plugin/")?.split_once('@')?;
+        (!compatible_versions(version, INTERFACE_VERSION)).then(|| version.to_string())
+    })
 }
 
 /// The host capabilities (weir:plugin/<name>) a component imports.
@@ -811,5 +845,27 @@ pub fn note_fault(p: &LoadedPlugin, f: &Fault) {
     // is not the plugin's fault: neither counts towards its breaker.
     if f.kind != FaultKind::Disabled && !f.pool_exhausted {
         p.record_fault(f.kind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interface_version_is_the_wit_packages() {
+        let wit = include_str!("../../../sdk/wit/plugin.wit");
+        assert!(wit.contains(&format!("\npackage weir:plugin@{INTERFACE_VERSION};\n")), "sdk/wit/plugin.wit and INTERFACE_VERSION differ");
+    }
+
+    #[test]
+    fn interface_versions_are_compared_by_semver() {
+        assert!(compatible_versions("0.3.0", "0.3.0"));
+        assert!(compatible_versions("0.3.2", "0.3.0"));
+        assert!(!compatible_versions("0.2.0", "0.3.0"));
+        assert!(!compatible_versions("0.30.0", "0.3.0"));
+        assert!(compatible_versions("1.2.0", "1.0.0"));
+        assert!(!compatible_versions("2.0.0", "1.0.0"));
+        assert!(!compatible_versions("", "0.3.0"));
     }
 }
