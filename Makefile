@@ -64,7 +64,7 @@ check:
 	$(CARGO) check $(PROFILE) --workspace --all-targets
 
 bench: build
-	$(CARGO) bench $(PROFILE) --bench plugin_call
+	$(CARGO) bench --bench plugin_call
 	WEIR=$(WEIR) benches/accept-rate.sh
 	WEIR=$(WEIR) benches/relay-throughput.sh
 	WEIR=$(WEIR) benches/plugin-accept-rate.sh
