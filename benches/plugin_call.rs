@@ -39,7 +39,7 @@ fn wasm_path(name: &str) -> std::path::PathBuf {
 fn ctx() -> Context {
     Context {
         stage: wit::Stage::RcptTo,
-        connection: wit::Connection {
+        connection: Arc::new(wit::Connection {
             remote_ip: "192.0.2.1".into(),
             remote_port: 40000,
             local_addr: "127.0.0.1:25".into(),
@@ -49,7 +49,7 @@ fn ctx() -> Context {
             reverse_dns: None,
             helo: Some("client.example".into()),
             auth_user: None,
-        },
+        }),
         envelope: Envelope {
             sender: Some("alice@example.net".into()),
             sender_params: vec![],
@@ -179,7 +179,7 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
         for i in 0..sessions_n {
             let mut sp = SessionPolicy::new(policy.clone(), Some("five".into()));
             let mut ctx = ctx();
-            ctx.connection.remote_port = 40000 + i as u16;
+            Arc::make_mut(&mut ctx.connection).remote_port = 40000 + i as u16;
             ctx.envelope = Envelope::default();
             ctx.recipient = None;
             sp.run(StageName::Connect, &mut ctx, None).await;
@@ -239,11 +239,11 @@ fn pipeline(c: &mut Criterion, rt: &tokio::runtime::Runtime, noop: bool) {
                         let start = Instant::now();
                         let mut sp = SessionPolicy::new(policy.clone(), Some("five".into()));
                         let mut ctx = ctx();
-                        ctx.connection.remote_port = 40000 + (i % 20000) as u16;
+                        Arc::make_mut(&mut ctx.connection).remote_port = 40000 + (i % 20000) as u16;
                         ctx.envelope = Envelope::default();
                         ctx.recipient = None;
                         sp.run(StageName::Connect, &mut ctx, None).await;
-                        ctx.connection.helo = Some("bench.client".into());
+                        Arc::make_mut(&mut ctx.connection).helo = Some("bench.client".into());
                         sp.run(StageName::Helo, &mut ctx, None).await;
                         transaction(&mut sp, &mut ctx, &body, &headers).await;
                         drop(sp);

@@ -31,17 +31,18 @@ fn param(p: w::Param) -> Param {
     Param { name: p.name, value: p.value }
 }
 
-fn connection(c: w::Connection) -> Connection {
-    Connection {
-        remote_ip: c.remote_ip,
-        remote_port: c.remote_port,
-        local_addr: c.local_addr,
-        listener: c.listener,
-        tls_version: c.tls_version,
-        tls_cipher: c.tls_cipher,
-        reverse_dns: c.reverse_dns,
-        helo: c.helo,
-        auth_user: c.auth_user,
+/// Sets the one connection fact the host told.
+fn set_fact(c: &mut Connection, f: w::ConnectionFact) {
+    match f {
+        w::ConnectionFact::RemoteIp(v) => c.remote_ip = v,
+        w::ConnectionFact::RemotePort(v) => c.remote_port = v,
+        w::ConnectionFact::LocalAddr(v) => c.local_addr = v,
+        w::ConnectionFact::Listener(v) => c.listener = v,
+        w::ConnectionFact::TlsVersion(v) => c.tls_version = v,
+        w::ConnectionFact::TlsCipher(v) => c.tls_cipher = v,
+        w::ConnectionFact::ReverseDns(v) => c.reverse_dns = v,
+        w::ConnectionFact::Helo(v) => c.helo = v,
+        w::ConnectionFact::AuthUser(v) => c.auth_user = v,
     }
 }
 
@@ -54,8 +55,8 @@ fn splice<T>(list: &mut Vec<T>, keep: u32, items: Vec<T>) {
 /// Brings the session's context up to date with what the host told.
 fn apply(c: &mut Context, e: w::Event) {
     c.stage = stage_from_wit(e.stage);
-    if let Some(conn) = e.connection {
-        c.connection = connection(conn);
+    for f in e.connection {
+        set_fact(&mut c.connection, f);
     }
     if let Some(m) = e.mail_from {
         c.envelope.sender = m.address;

@@ -18,7 +18,10 @@ use super::wit;
 #[derive(Debug, Clone)]
 pub struct Context {
     pub stage: wit::Stage,
-    pub connection: wit::Connection,
+    /// Shared with what instances were told: a change goes through
+    /// `Arc::make_mut`, which gives it a new allocation, so an instance
+    /// compares pointers to know whether it is up to date (as for headers).
+    pub connection: Arc<wit::Connection>,
     pub envelope: Envelope,
     /// At rcpt-to: the recipient being decided on, and its parameters.
     pub recipient: Option<String>,
@@ -47,7 +50,7 @@ impl Context {
     pub fn new(connection: wit::Connection) -> Context {
         Context {
             stage: wit::Stage::Connect,
-            connection,
+            connection: Arc::new(connection),
             envelope: Envelope::default(),
             recipient: None,
             recipient_params: Vec::new(),
@@ -71,7 +74,7 @@ pub fn header_section(message: &[u8]) -> Arc<str> {
 /// context); a guest keeps its context from one session to the next.
 #[derive(Debug, Default)]
 pub struct Told {
-    connection: Option<wit::Connection>,
+    connection: Option<Arc<wit::Connection>>,
     sender: Option<String>,
     sender_params: Vec<wit::Param>,
     recipients: Vec<String>,
@@ -94,16 +97,44 @@ fn splice<T: PartialEq + Clone>(told: &mut Vec<T>, now: &[T]) -> Option<(u32, Ve
     Some((u32::try_from(keep).unwrap_or(u32::MAX), items))
 }
 
+/// The facts of `now` that differ from `told` (all of them when nothing
+/// was told).
+fn connection_facts(told: Option<&wit::Connection>, now: &wit::Connection) -> Vec<wit::ConnectionFact> {
+    use wit::ConnectionFact as F;
+    let mut out = Vec::new();
+    macro_rules! fact {
+        ($field:ident, $variant:ident) => {
+            if told.is_none_or(|t| t.$field != now.$field) {
+                out.push(F::$variant(now.$field.clone()));
+            }
+        };
+    }
+    fact!(remote_ip, RemoteIp);
+    fact!(remote_port, RemotePort);
+    fact!(local_addr, LocalAddr);
+    fact!(listener, Listener);
+    fact!(tls_version, TlsVersion);
+    fact!(tls_cipher, TlsCipher);
+    fact!(reverse_dns, ReverseDns);
+    fact!(helo, Helo);
+    fact!(auth_user, AuthUser);
+    out
+}
+
 impl Told {
     /// The event that brings the instance from what it was told to `ctx`,
     /// and remembers `ctx` as told. `new_session` only tells the guest to
     /// forget its own per-session state: the facts are a difference all
     /// the same.
     pub fn event(&mut self, ctx: &Context, new_session: bool, config_id: u32) -> wit::Event {
-        let connection = (self.connection.as_ref() != Some(&ctx.connection)).then(|| {
-            self.connection = Some(ctx.connection.clone());
-            ctx.connection.clone()
-        });
+        let connection = match &self.connection {
+            Some(told) if Arc::ptr_eq(told, &ctx.connection) => Vec::new(),
+            told => {
+                let facts = connection_facts(told.as_deref(), &ctx.connection);
+                self.connection = Some(ctx.connection.clone());
+                facts
+            }
+        };
         let env = &ctx.envelope;
         let mail_from = (self.sender != env.sender || self.sender_params != env.sender_params).then(|| {
             self.sender.clone_from(&env.sender);
@@ -176,8 +207,31 @@ mod tests {
     impl Guest {
         /// As the SDK does: a new session does not reset the context.
         fn apply(&mut self, e: wit::Event) {
-            if let Some(c) = e.connection {
-                self.connection = Some(c);
+            if !e.connection.is_empty() {
+                let c = self.connection.get_or_insert_with(|| wit::Connection {
+                    remote_ip: String::new(),
+                    remote_port: 0,
+                    local_addr: String::new(),
+                    listener: String::new(),
+                    tls_version: None,
+                    tls_cipher: None,
+                    reverse_dns: None,
+                    helo: None,
+                    auth_user: None,
+                });
+                for f in e.connection {
+                    match f {
+                        wit::ConnectionFact::RemoteIp(v) => c.remote_ip = v,
+                        wit::ConnectionFact::RemotePort(v) => c.remote_port = v,
+                        wit::ConnectionFact::LocalAddr(v) => c.local_addr = v,
+                        wit::ConnectionFact::Listener(v) => c.listener = v,
+                        wit::ConnectionFact::TlsVersion(v) => c.tls_version = v,
+                        wit::ConnectionFact::TlsCipher(v) => c.tls_cipher = v,
+                        wit::ConnectionFact::ReverseDns(v) => c.reverse_dns = v,
+                        wit::ConnectionFact::Helo(v) => c.helo = v,
+                        wit::ConnectionFact::AuthUser(v) => c.auth_user = v,
+                    }
+                }
             }
             if let Some(m) = e.mail_from {
                 self.sender = m.address;
@@ -199,7 +253,7 @@ mod tests {
             }
         }
         fn sees(&self, ctx: &Context) -> bool {
-            self.connection.as_ref() == Some(&ctx.connection)
+            self.connection.as_ref() == Some(&*ctx.connection)
                 && self.sender == ctx.envelope.sender
                 && self.recipients == ctx.envelope.recipients
                 && self.tags == ctx.tags
@@ -214,15 +268,23 @@ mod tests {
         let mut guest = Guest::default();
         let mut ctx = Context::new(conn());
         let e = told.event(&ctx, true, 0);
-        assert!(e.connection.is_some(), "the first call tells the connection");
+        assert_eq!(e.connection.len(), 9, "the first call tells every connection fact");
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         ctx.envelope.sender = Some("a@example.org".into());
         let e = told.event(&ctx, false, 0);
-        assert!(e.connection.is_none(), "an unchanged connection is not told again");
+        assert!(e.connection.is_empty(), "an unchanged connection is not told again");
         assert_eq!(e.mail_from.as_ref().and_then(|m| m.address.as_deref()), Some("a@example.org"));
         guest.apply(e);
+
+        // HELO: that one fact.
+        Arc::make_mut(&mut ctx.connection).helo = Some("client.example".into());
+        let e = told.event(&ctx, false, 0);
+        assert_eq!(e.connection, vec![wit::ConnectionFact::Helo(Some("client.example".into()))]);
+        assert!(e.mail_from.is_none(), "the sender was told already");
+        guest.apply(e);
+        assert!(guest.sees(&ctx));
 
         for r in ["b@example.org", "c@example.org"] {
             ctx.envelope.recipients.push(r.into());
@@ -288,7 +350,10 @@ mod tests {
         // and B has not is told as cleared.
         let mut b = Context::new(wit::Connection { remote_ip: "198.51.100.7".into(), remote_port: 5000, ..conn() });
         let e = told.event(&b, true, 0);
-        assert!(e.new_session && e.connection.is_some());
+        // Only the facts that differ: the address and port, not the
+        // listener or the local address.
+        assert!(e.new_session);
+        assert_eq!(e.connection, vec![wit::ConnectionFact::RemoteIp("198.51.100.7".into()), wit::ConnectionFact::RemotePort(5000)]);
         assert_eq!(e.mail_from.as_ref().map(|m| m.address.clone()), Some(None), "A's sender is taken back");
         assert_eq!(e.recipients.as_ref().map(|r| (r.keep, r.items.len())), Some((0, 0)));
         assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 0)));
@@ -299,14 +364,15 @@ mod tests {
         // B's own next call: only what changed.
         b.envelope.sender = Some("c@example.org".into());
         let e = told.event(&b, false, 0);
-        assert!(e.connection.is_none() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
+        assert!(e.connection.is_empty() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
         guest.apply(e);
         assert!(guest.sees(&b));
         // Facts two sessions share (the same sender) are not told again.
         let mut c = Context::new(conn());
         c.envelope.sender = Some("c@example.org".into());
         let e = told.event(&c, true, 0);
-        assert!(e.connection.is_some() && e.mail_from.is_none());
+        assert_eq!(e.connection.len(), 2, "back to A's address and port");
+        assert!(e.mail_from.is_none());
         guest.apply(e);
         assert!(guest.sees(&c));
     }

@@ -148,7 +148,7 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
             break 'session;
         }
         if let Some(h) = &f.helo {
-            ctx.connection.helo = Some(h.clone());
+            std::sync::Arc::make_mut(&mut ctx.connection).helo = Some(h.clone());
             let out = sp.run(StageName::Helo, &mut ctx, None).await;
             check("helo", &f.expect.helo, &out);
             if refused(&out) {
@@ -156,7 +156,7 @@ pub async fn run(path: &Path) -> Result<Vec<String>> {
             }
         }
         if let Some(u) = &c.auth_user {
-            ctx.connection.auth_user = Some(u.clone());
+            std::sync::Arc::make_mut(&mut ctx.connection).auth_user = Some(u.clone());
             let out = sp.run(StageName::Auth, &mut ctx, None).await;
             check("auth", &f.expect.auth, &out);
             if refused(&out) {

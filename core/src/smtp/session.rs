@@ -231,12 +231,21 @@ impl Session {
                 auth_user: None,
             })
         });
-        let c = &mut ctx.connection;
-        set(&mut c.tls_version, self.tls.as_ref().map(|t| t.version.as_str()));
-        set(&mut c.tls_cipher, self.tls.as_ref().map(|t| t.cipher.as_str()));
-        set(&mut c.reverse_dns, self.rdns.as_deref());
-        set(&mut c.helo, self.helo.as_deref());
-        set(&mut c.auth_user, self.auth_user.as_deref());
+        let tls_version = self.tls.as_ref().map(|t| t.version.as_str());
+        let tls_cipher = self.tls.as_ref().map(|t| t.cipher.as_str());
+        let c = &ctx.connection;
+        if (c.tls_version.as_deref(), c.tls_cipher.as_deref(), c.reverse_dns.as_deref(), c.helo.as_deref(), c.auth_user.as_deref())
+            != (tls_version, tls_cipher, self.rdns.as_deref(), self.helo.as_deref(), self.auth_user.as_deref())
+        {
+            // Only a change makes a new connection value: instances tell
+            // whether they are up to date by its address.
+            let c = Arc::make_mut(&mut ctx.connection);
+            set(&mut c.tls_version, tls_version);
+            set(&mut c.tls_cipher, tls_cipher);
+            set(&mut c.reverse_dns, self.rdns.as_deref());
+            set(&mut c.helo, self.helo.as_deref());
+            set(&mut c.auth_user, self.auth_user.as_deref());
+        }
         let env = &mut ctx.envelope;
         match &self.tx {
             None => {
