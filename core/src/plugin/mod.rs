@@ -637,9 +637,9 @@ impl Runtime {
 /// CPU's caches: a few warm instances serve every session. An instance that
 /// moves to another session is told only what differs from what it was
 /// told last (see `event`), which costs little more than its own session's
-/// next call would. Measured at 100 sessions with the five test plugins:
-/// 10-15% more messages a second than one instance per session
-/// (benches/README.md).
+/// next call would. Measured with the five test plugins (against one
+/// instance per session, interleaved runs): 20% more messages a second at
+/// 100 sessions, 12% at 20 (benches/README.md).
 pub struct InstancePool {
     /// By slot: each idle instance with the session it last served (kept
     /// beside it, so finding a session's instance reads one array, not
