@@ -122,3 +122,35 @@ run() {
 versions() {
   echo "weir: $("$WEIR" --version), postfix: $(postconf -d -h mail_version), $(nproc) cores, queues on $(df --output=source "$TMP" | tail -1)"
 }
+
+# five_plugins PLUGIN_DIR: the `plugins:` and `pipelines:` YAML of the
+# benchmarks' five-plugin pipeline `five`: conn-guard (connect, helo),
+# sender-guard (mail_from), rcpt-guard (rcpt_to, keeps per-session state),
+# stamp (data: reads the body, counts in kv, edits headers) and router
+# (route); with PIPELINE=noop, five plugins that only say continue.
+five_plugins() {
+  local d=$1
+  if [ "${PIPELINE:-}" = noop ]; then
+    printf 'plugins:\n'
+    for p in conn sender rcpt stamp router; do printf '  %s: {path: %s/test_noop.wasm}\n' "$p" "$d"; done
+  else
+    cat <<YAML
+plugins:
+  conn: {path: $d/test_conn_guard.wasm, grants: [config, tags], config: {deny_helos: [bad.example]}}
+  sender: {path: $d/test_sender_guard.wasm, grants: [config, log], config: {blocked_senders: [spam@example.net]}}
+  rcpt: {path: $d/test_rcpt_guard.wasm, grants: [symbols, route]}
+  stamp: {path: $d/test_stamp.wasm, grants: [body, kv, headers, tags]}
+  router: {path: $d/test_router.wasm}
+YAML
+  fi
+  cat <<YAML
+pipelines:
+  five:
+    connect: [{plugin: conn}]
+    helo: [{plugin: conn}]
+    mail_from: [{plugin: sender}]
+    rcpt_to: [{plugin: rcpt}]
+    data: [{plugin: stamp}]
+    route: [{plugin: router}]
+YAML
+}

@@ -18,31 +18,9 @@ SESSIONS=${SESSIONS:-"20 100"}
 PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
 
 PLAIN=$(free_port); PIPE=$(free_port); PF_PORT=$(free_port)
-if [ "${PIPELINE:-}" = noop ]; then
-  DECLS="  conn: {path: $PLUGINS/test_noop.wasm}
-  sender: {path: $PLUGINS/test_noop.wasm}
-  rcpt: {path: $PLUGINS/test_noop.wasm}
-  stamp: {path: $PLUGINS/test_noop.wasm}
-  router: {path: $PLUGINS/test_noop.wasm}"
-else
-  DECLS="  conn: {path: $PLUGINS/test_conn_guard.wasm, grants: [config, tags], config: {deny_helos: [bad.example]}}
-  sender: {path: $PLUGINS/test_sender_guard.wasm, grants: [config, log], config: {blocked_senders: [spam@example.net]}}
-  rcpt: {path: $PLUGINS/test_rcpt_guard.wasm, grants: [symbols, route]}
-  stamp: {path: $PLUGINS/test_stamp.wasm, grants: [body, kv, headers, tags]}
-  router: {path: $PLUGINS/test_router.wasm}"
-fi
 start_weir "$PLAIN" "delivery:
   enabled: false
-plugins:
-$DECLS
-pipelines:
-  five:
-    connect: [{plugin: conn}]
-    helo: [{plugin: conn}]
-    mail_from: [{plugin: sender}]
-    rcpt_to: [{plugin: rcpt}]
-    data: [{plugin: stamp}]
-    route: [{plugin: router}]" "  piped:
+$(five_plugins "$PLUGINS")" "  piped:
     bind: 127.0.0.1:$PIPE
     tls: none
     auth: none
