@@ -32,19 +32,22 @@ wait_port() {
   exit 1
 }
 
-# start_weir PORT [EXTRA_YAML [EXTRA_LISTENERS]]: Weir on PORT with its data
-# under $TMP; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners.
-start_weir() {
-  local port=$1 extra=${2:-} listeners=${3:-}
-  cat > "$TMP/weir.yaml" <<YAML
+# weir_yaml PORT DATA_DIR [EXTRA_YAML [EXTRA_LISTENERS [BENCH_LISTENER_KEYS]]]:
+# a benchmark configuration: the listener `bench` on PORT, data under
+# DATA_DIR; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners,
+# BENCH_LISTENER_KEYS more keys of `bench` (such as its pipeline).
+weir_yaml() {
+  local port=$1 data=$2 extra=${3:-} listeners=${4:-} keys=${5:-}
+  cat <<YAML
 server:
   hostname: bench.local
-  data_dir: $TMP/weir-data
+  data_dir: $data
 listeners:
   bench:
     bind: 127.0.0.1:$port
     tls: none
     auth: none
+$keys
     limits:
       max_connections_per_ip: 1000
 $listeners
@@ -57,10 +60,16 @@ log:
   level: warn
 $extra
 YAML
+}
+
+# start_weir PORT [EXTRA_YAML [EXTRA_LISTENERS]]: Weir on PORT with its data
+# under $TMP; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners.
+start_weir() {
+  weir_yaml "$1" "$TMP/weir-data" "${2:-}" "${3:-}" > "$TMP/weir.yaml"
   "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
   WEIR_PID=$!
   PIDS+=("$WEIR_PID")
-  wait_port "$port"
+  wait_port "$1"
   # Give any extra listeners the same moment.
   sleep 0.5
 }

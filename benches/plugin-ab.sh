@@ -41,29 +41,11 @@ for b in $BUILDS; do
   fi
   PORT[$b]=$(free_port)
   mkdir -p "$TMP/$b"
-  cat > "$TMP/$b/weir.yaml" <<YAML
-server:
-  hostname: bench.local
-  data_dir: $TMP/$b/data
-listeners:
-  bench:
-    bind: 127.0.0.1:${PORT[$b]}
-    tls: none
-    auth: none
-$pipeline
-    limits:
-      max_connections_per_ip: 1000
-relay:
-  local_domains: [localhost]
-  networks: [127.0.0.0/8]
-metrics:
-  bind: null
-log:
-  level: warn
-delivery:
+  pipeline_yaml=""
+  if [ -n "$pipeline" ]; then pipeline_yaml=$(five_plugins "$plugins"); fi
+  weir_yaml "${PORT[$b]}" "$TMP/$b/data" "delivery:
   enabled: false
-$([ -n "$pipeline" ] && five_plugins "$plugins")
-YAML
+$pipeline_yaml" "" "$pipeline" > "$TMP/$b/weir.yaml"
   "$bin" serve --config "$TMP/$b/weir.yaml" 2> "$TMP/$b/weir.log" &
   PID[$b]=$!
   PIDS+=("${PID[$b]}")
