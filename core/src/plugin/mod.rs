@@ -649,18 +649,12 @@ pub struct InstancePool {
 }
 
 impl InstancePool {
-    /// The most recently used idle instance, for a session's first use of
-    /// a plugin that keeps per-session state (the guest is told a new
-    /// session began).
-    pub fn take(&self, slot: usize) -> Option<Box<Instance>> {
-        Some(self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner()).pop()?.1)
-    }
-
-    /// An idle instance for one call of a stateless plugin by `session`:
-    /// the one that served the session last, if it is idle (it needs to be
-    /// told least), else the most recently used. None when every instance
-    /// is busy: the caller makes one.
-    pub fn take_for_call(&self, slot: usize, session: u64) -> Option<Box<Instance>> {
+    /// An idle instance for `session`: the one that served it last, if it
+    /// is idle (it needs to be told least; only a stateless plugin's can
+    /// be, since a plugin with per-session state keeps its instance all
+    /// session), else the most recently used. None when there is none: the
+    /// caller makes one.
+    pub fn take(&self, slot: usize, session: u64) -> Option<Box<Instance>> {
         let mut idle = self.slots.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
         let i = idle.iter().rposition(|(s, _)| *s == session).or(idle.len().checked_sub(1))?;
         Some(idle.remove(i).1)

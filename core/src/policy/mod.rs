@@ -404,7 +404,7 @@ impl SessionPolicy {
     /// pool, or a new one. (Not a method: the future must not hold a
     /// reference to the session's own instances, which are not `Sync`.)
     async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Box<Instance>, Fault> {
-        let idle = policy.pool.as_ref().and_then(|p| if step.shared { p.take_for_call(step.slot, id) } else { p.take(step.slot) });
+        let idle = policy.pool.as_ref().and_then(|p| p.take(step.slot, id));
         let mut inst = match idle {
             Some(i) => {
                 step.instances[1].increment(1);
