@@ -226,14 +226,13 @@ fn too_little_address_space_is_explained() {
 }
 
 /// A plugin built against an older interface is refused at load, saying
-/// which versions differ, though its types would still check: weir:plugin
-/// 0.3.0 changed what `new-session` asks of a guest. (The old build is the
-/// no-op plugin with its interface names set back to 0.2.0.)
+/// which versions differ. (The old build is the no-op plugin with its
+/// interface names set back to 0.3.0, which had no session numbers.)
 #[test]
 fn a_plugin_built_against_another_interface_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = std::fs::read(plugin("test_noop")).unwrap();
-    let (new, old) = (b"weir:plugin/types@0.3.0".as_slice(), b"weir:plugin/types@0.2.0".as_slice());
+    let (new, old) = (b"weir:plugin/types@0.4.0".as_slice(), b"weir:plugin/types@0.3.0".as_slice());
     let mut patched = wasm.clone();
     let mut found = 0;
     for i in 0..patched.len().saturating_sub(new.len()) {
@@ -242,13 +241,13 @@ fn a_plugin_built_against_another_interface_version_is_refused() {
             found += 1;
         }
     }
-    assert!(found > 0, "test_noop imports weir:plugin/types@0.3.0");
+    assert!(found > 0, "test_noop imports weir:plugin/types@0.4.0");
     let old_path = dir.path().join("old.wasm");
     std::fs::write(&old_path, patched).unwrap();
     let policy = |p: &std::path::Path| format!("listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    pipeline: p\nplugins:\n  noop:\n    path: {}\npipelines:\n  p:\n    data: [{{plugin: noop}}]\n", p.display());
     let (code, err) = check(&policy(&old_path));
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("built against weir:plugin@0.2.0, but this Weir speaks weir:plugin@0.3.0"), "{err}");
+    assert!(err.contains("built against weir:plugin@0.3.0, but this Weir speaks weir:plugin@0.4.0"), "{err}");
     let (code, err) = check(&policy(std::path::Path::new(&plugin("test_noop"))));
     assert_eq!(code, 0, "{err}");
 }
@@ -598,12 +597,14 @@ delivery:
 plugin_runtime:
   max_instances: 16
 plugins:
+  # Granted DNS (unused), whose calls may wait on the network, rcpt gets an
+  # instance of its own in every session rather than a shared home.
   first:
     path: {rcpt}
-    grants: [symbols, route]
+    grants: [symbols, route, dns]
   second:
     path: {rcpt}
-    grants: [symbols, route]
+    grants: [symbols, route, dns]
 pipelines:
   p_first:
     rcpt_to: [{{plugin: first}}]
@@ -649,9 +650,10 @@ fn running_out_of_instances_does_not_trip_the_circuit_breaker() {
         r#"plugin_runtime:
   max_instances: 16
 plugins:
+  # Granted DNS (unused): an instance of its own in every session.
   rcpt:
     path: {rcpt}
-    grants: [symbols, route]
+    grants: [symbols, route, dns]
     circuit_breaker: {{faults: 2, window: 60s}}
 pipelines:
   p:
@@ -735,7 +737,67 @@ pipelines:
     // The calls come one at a time: one instance serves all of them.
     assert_eq!(count("stamp", "new"), 1.0, "{m}");
     assert_eq!(count("stamp", "reused"), (3 * N - 1) as f64, "{m}");
-    // rcpt keeps per-session state: an instance of its own in each session
-    // that calls it.
-    assert_eq!(count("rcpt", "new"), (N / 2) as f64, "{m}");
+}
+
+/// A plugin with per-session state (rcpt numbers its symbols by the
+/// recipients its session has had so far) needs no instance per session:
+/// more sessions than there are homes share a few instances, their calls
+/// interleaved one by one, and each session's count is its own. A session
+/// that ends is forgotten, and the homes serve later sessions.
+#[test]
+fn stateful_plugins_keep_each_sessions_state_on_shared_instances() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // More sessions than the homes a plugin gets (two per core).
+    let n = 2 * cores + 3;
+    let cfg = mx_server(&format!(
+        "plugins:\n  rcpt:\n    path: {}\n    grants: [symbols, route]\npipelines:\n  p:\n    rcpt_to: [{{plugin: rcpt}}]\n",
+        plugin("test_rcpt_guard")
+    ));
+    let s = Server::start(&cfg);
+    let symbols = |id: &str| -> Vec<String> {
+        let m = s.queue_show(id);
+        m["symbols"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap().to_string()).collect()
+    };
+    let mut sessions: Vec<Smtp> = (0..n)
+        .map(|_| {
+            let mut c = Smtp::connect(s.port("mx"));
+            c.cmd("EHLO client.test").is(250, "");
+            c
+        })
+        .collect();
+    // Two transactions in every session, each command taking its turn
+    // across all sessions; the count goes on from one transaction to the
+    // next within a session.
+    for round in 0..2 {
+        for c in sessions.iter_mut() {
+            c.cmd("MAIL FROM:<a@example.org>").is(250, "");
+        }
+        for rcpt in ["postmaster", "abuse"] {
+            for c in sessions.iter_mut() {
+                c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).is(250, "");
+            }
+        }
+        for (i, c) in sessions.iter_mut().enumerate() {
+            c.cmd("DATA").is(354, "");
+            let id = queued_id(&c.cmd("Subject: hi\r\n\r\nx\r\n."));
+            let want = [format!("RCPT_{}", 2 * round + 1), format!("RCPT_{}", 2 * round + 2)];
+            assert_eq!(symbols(&id), want, "session {i}, transaction {round}");
+        }
+    }
+    for mut c in sessions {
+        c.cmd("QUIT");
+    }
+    // Later sessions start afresh, on the same instances.
+    for _ in 0..3 {
+        let mut c = Smtp::connect(s.port("mx"));
+        c.cmd("EHLO client.test").is(250, "");
+        let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], "Subject: hi\r\n\r\nx"));
+        assert_eq!(symbols(&id), ["RCPT_1"]);
+        c.cmd("QUIT");
+    }
+    let m = s.metrics();
+    let count = |origin: &str| metric_value(&m, "weir_plugin_instances_total", &[r#"plugin="rcpt""#, &format!("origin=\"{origin}\"")]);
+    assert!(count("new") <= (2 * cores) as f64, "no more instances than homes:\n{m}");
+    assert_eq!(count("new") + count("reused"), (4 * n + 3) as f64, "every call counted:\n{m}");
+    assert_eq!(metric_value(&m, "weir_plugin_faults_total", &[]), 0.0, "{m}");
 }

@@ -79,26 +79,35 @@ fn apply(c: &mut Context, e: w::Event) {
     }
 }
 
-/// What an exported plugin keeps between calls: the plugin value of the
-/// session in progress, and the context as the host last told it.
+/// What an exported plugin keeps between calls: the plugin value (a
+/// stateless plugin's, renewed at each new session; a stateful plugin's,
+/// one for each session the instance holds), and the context as the host
+/// last told it.
 pub struct Exported<P> {
     plugin: P,
+    sessions: Sessions<P>,
     ctx: Context,
 }
 
-/// The body of the exported `on-stage`: a new session starts from a fresh
-/// plugin value; the event brings the context up to date (from whatever
-/// the host told this instance last, in this session or an earlier one);
-/// the stage's method decides.
-pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, e: w::Event) -> w::Decision {
+/// The body of the exported `on-stage`: the event brings the context up to
+/// date (from whatever the host told this instance last, in this session
+/// or another); the method for the stage decides, on the session's plugin
+/// value.
+pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, mut e: w::Event) -> w::Decision {
     let mut slot = slot.borrow_mut();
-    let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), ctx: Context::new(Stage::Connect) });
-    if e.new_session {
-        s.plugin = P::default();
-    }
+    let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), sessions: Sessions::default(), ctx: Context::new(Stage::Connect) });
+    let (session, new_session, ended) = (e.session, e.new_session, core::mem::take(&mut e.ended));
     crate::host::set_config_id(e.config_id);
     apply(&mut s.ctx, e);
-    decision_to_wit(dispatch(&mut s.plugin, &s.ctx))
+    let plugin = if P::STATELESS {
+        if new_session {
+            s.plugin = P::default();
+        }
+        &mut s.plugin
+    } else {
+        s.sessions.for_call(session, &ended)
+    };
+    decision_to_wit(dispatch(plugin, &s.ctx))
 }
 
 fn reply(r: Reply) -> w::Reply {

@@ -7,7 +7,7 @@
 //!
 //! A value of the plugin type lives for one SMTP session, so its fields are
 //! per-session state: every session starts from `Default::default()`. The
-//! WebAssembly instance around it may serve several sessions in turn (one at
+//! WebAssembly instance around it may serve several sessions (one call at
 //! a time), so statics and thread-locals outlive a session: keep only
 //! session-independent things there, such as a parsed configuration
 //! ([`host::cached_config`]) or a data file ([`host::files::cached`]).
@@ -22,6 +22,39 @@ pub mod testing;
 mod types;
 
 pub use types::*;
+
+/// A stateful plugin's values, one for each session an instance holds
+/// (the export keeps them; public for its tests).
+#[doc(hidden)]
+pub struct Sessions<P> {
+    values: std::collections::HashMap<u64, P>,
+}
+
+impl<P> Default for Sessions<P> {
+    fn default() -> Self {
+        Sessions { values: std::collections::HashMap::new() }
+    }
+}
+
+impl<P: Default> Sessions<P> {
+    /// Forgets the sessions that `ended`, then gives `session`'s value (a
+    /// fresh one at its first call).
+    pub fn for_call(&mut self, session: u64, ended: &[u64]) -> &mut P {
+        for s in ended {
+            self.values.remove(s);
+        }
+        self.values.entry(session).or_default()
+    }
+
+    /// How many sessions' values are held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -51,8 +84,11 @@ pub trait Plugin: Default {
     /// instance: a few warm ones serve all sessions, so a server with many
     /// sessions open needs far fewer, and each call costs less.
     /// Leave it false if a method reads what an earlier one wrote
-    /// in `self` (a counter, a result kept from mail_from for data): such a
-    /// plugin gets an instance of its own for each session. (A plugin that
+    /// in `self` (a counter, a result kept from mail_from for data): the
+    /// SDK then keeps a value of the plugin type for each session, so one
+    /// instance can hold several sessions' values and a few instances
+    /// serve all sessions (one of its own for each session when the plugin
+    /// is granted DNS or mail-auth, whose calls wait). (A plugin that
     /// says true but keeps state anyway loses it, since every switch to
     /// another session starts it from a fresh value; it never sees another
     /// session's.)
@@ -112,6 +148,8 @@ macro_rules! export_plugin {
                     wit::PluginInfo {
                         stages: <$ty as $crate::Plugin>::STAGES.iter().map(|s| $crate::convert::stage_to_wit(*s)).collect(),
                         stateless: <$ty as $crate::Plugin>::STATELESS,
+                        // The SDK keeps a stateful plugin's values by session.
+                        session_keyed: true,
                     }
                 }
                 fn on_stage(e: wit::Event) -> wit::Decision {
@@ -121,4 +159,25 @@ macro_rules! export_plugin {
             $crate::bindings::__export_world!(Exported with_types_in $crate::bindings);
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sessions;
+
+    #[test]
+    fn each_session_keeps_its_own_value_until_it_ends() {
+        let mut s: Sessions<u32> = Sessions::default();
+        *s.for_call(1, &[]) += 1;
+        *s.for_call(2, &[]) += 10;
+        *s.for_call(1, &[]) += 1;
+        assert_eq!(*s.for_call(1, &[]), 2);
+        assert_eq!(*s.for_call(2, &[]), 10);
+        // Session 1 ended: forgotten; session 3 starts fresh.
+        assert_eq!(*s.for_call(3, &[1]), 0);
+        assert_eq!(s.len(), 2);
+        // Telling an end twice, or of a session never seen, is harmless.
+        assert_eq!(*s.for_call(2, &[1, 7]), 10);
+        assert_eq!(*s.for_call(1, &[]), 0, "a number seen again starts afresh");
+    }
 }

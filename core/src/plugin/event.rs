@@ -160,6 +160,9 @@ impl Told {
         });
         wit::Event {
             stage: ctx.stage,
+            // The instance's own bookkeeping, which it fills in.
+            session: 0,
+            ended: Vec::new(),
             new_session,
             connection,
             mail_from,

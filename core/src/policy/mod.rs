@@ -3,7 +3,8 @@
 //! view of it ([`SessionPolicy`]: its instances, taken from the policy's
 //! pool or created when first needed, and given back when the session
 //! ends; a stateless plugin's instance is taken and given back around each
-//! call). Running a stage walks its steps in order, skipping those whose
+//! call; a session-keyed plugin's calls run on the session's home). Running
+//! a stage walks its steps in order, skipping those whose
 //! `when:` does not hold, until a verdict other than continue; a fault
 //! becomes the step's `on_error`. Every step's decision is recorded.
 
@@ -21,7 +22,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::plugin::{note_fault, wit, Context, Fault, FaultKind, HostServices, Instance, InstancePool, LoadedPlugin, LoadedPlugins, Runtime};
+use crate::plugin::{note_fault, wit, Context, Fault, FaultKind, Home, HostServices, Instance, InstancePool, LoadedPlugin, LoadedPlugins, Runtime};
 use types::{Grant, OnError, PolicyContext, StageName, Step, When};
 
 /// One step's decision, kept with the message (`weir queue show`). Names
@@ -78,11 +79,36 @@ pub struct StageOutcome {
     pub trail: Vec<DecisionRecord>,
 }
 
+/// Where a step's calls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On any idle instance, checked out for the call: the plugin is
+    /// stateless.
+    Shared,
+    /// On the session's home, an instance that holds many sessions' state
+    /// (`plugin::Home`): the plugin keeps its state by session, and no
+    /// capability of its waits on the network.
+    Homed,
+    /// On an instance of the session's own, all session long.
+    Own,
+}
+
+fn placement(p: &LoadedPlugin) -> Placement {
+    if !p.reuse {
+        // Instances are not to serve more than one session.
+        Placement::Own
+    } else if p.stateless {
+        Placement::Shared
+    } else if p.session_keyed && !p.grants.iter().any(|g| matches!(g, Grant::Dns | Grant::MailAuth)) {
+        Placement::Homed
+    } else {
+        Placement::Own
+    }
+}
+
 struct PreparedStep {
     plugin: Arc<LoadedPlugin>,
-    /// Its calls may run on any instance (the plugin is stateless and
-    /// instances may be reused): one is checked out per call.
-    shared: bool,
+    placement: Placement,
     /// The plugin's index in the policy (its instances and pool).
     slot: usize,
     config_json: Arc<str>,
@@ -219,7 +245,7 @@ pub fn build(config: &Config, plugins: LoadedPlugins, runtime: Arc<Runtime>, ser
                     latency: metrics::histogram!("weir_plugin_call_seconds", "plugin" => plugin.clone(), "stage" => stage.as_str()),
                     verdicts: VERDICTS.map(labels),
                     instances: ["new", "reused"].map(|o| metrics::counter!("weir_plugin_instances_total", "plugin" => plugin.clone(), "origin" => o)),
-                    shared: loaded.stateless && loaded.reuse,
+                    placement: placement(loaded),
                     plugin: loaded.clone(),
                     slot,
                     config_json: Arc::from(config_json),
@@ -365,9 +391,10 @@ pub struct SessionPolicy {
     pipeline: Option<Arc<Pipeline>>,
     /// This session's number (see `Instance::serve`).
     id: u64,
-    /// The session's own instances (plugins with per-session state), by
-    /// plugin slot.
+    /// The session's own instances (`Placement::Own`), by plugin slot.
     instances: Vec<Option<Box<Instance>>>,
+    /// The session's homes (`Placement::Homed`), by plugin slot.
+    homes: Vec<Option<Arc<Home>>>,
 }
 
 impl Drop for SessionPolicy {
@@ -375,10 +402,14 @@ impl Drop for SessionPolicy {
     fn drop(&mut self) {
         if let Some(pool) = &self.policy.pool {
             for (slot, inst) in self.instances.iter_mut().enumerate() {
-                if let Some(i) = inst.take() {
+                if let Some(mut i) = inst.take() {
+                    i.session_ended(self.id);
                     pool.give_back(slot, i);
                 }
             }
+        }
+        for home in self.homes.iter_mut().filter_map(Option::take) {
+            home.leave(self.id);
         }
     }
 }
@@ -387,8 +418,9 @@ impl SessionPolicy {
     pub fn new(policy: Arc<Policy>, pipeline: Option<String>) -> SessionPolicy {
         let pipeline = pipeline.and_then(|p| policy.pipelines.get(&p).cloned());
         let instances = (0..policy.slots).map(|_| None).collect();
+        let homes = (0..policy.slots).map(|_| None).collect();
         let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SessionPolicy { policy, pipeline, id, instances }
+        SessionPolicy { policy, pipeline, id, instances, homes }
     }
 
     /// Whether the session runs a pipeline at all.
@@ -428,13 +460,34 @@ impl SessionPolicy {
         if plugin.is_disabled() {
             return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
         }
-        let r = if step.shared {
+        let r = if step.placement == Placement::Shared {
             // A stateless plugin: an instance for this call only.
             let mut inst = Self::acquire(&self.policy, self.id, step).await?;
             let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
             if let Some(pool) = &self.policy.pool {
                 pool.give_back(step.slot, inst);
             }
+            r
+        } else if step.placement == Placement::Homed {
+            let home = match self.homes.get(step.slot) {
+                Some(Some(h)) => h.clone(),
+                Some(None) => {
+                    let Some(h) = self.policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
+                        return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
+                    };
+                    self.homes[step.slot] = Some(h.clone());
+                    h
+                }
+                None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
+            };
+            let policy = &self.policy;
+            let make = async || match (&policy.runtime, &policy.services) {
+                (Some(rt), Some(services)) => rt.instantiate(step.plugin.clone(), services.clone()).await,
+                _ => Err(Fault::new(FaultKind::Trap, "no plugin runtime")),
+            };
+            let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+            let (r, made) = home.with_instance(self.id, make, call).await?;
+            step.instances[usize::from(!made)].increment(1);
             r
         } else {
             if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
