@@ -47,8 +47,11 @@ spam-model: build
 spam-report: build
 	$(WEIR) spam eval --seed 42 --ham $(SPAM_CORPUS)/ham --spam $(SPAM_CORPUS)/spam
 
+# WEIR_PLUGIN_DIR: this checkout's plugins, whichever checkout sharing the
+# target directory last linked the binary (the default is the source tree
+# the binary was built from).
 run: build
-	$(WEIR) serve
+	WEIR_PLUGIN_DIR=$(CURDIR)/plugins/build $(WEIR) serve
 
 test: build
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
