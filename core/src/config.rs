@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// After SIGTERM, how long sessions may take to finish their transaction.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads that run SMTP sessions, each session staying on one (see
+    /// `smtp::threads`): None, one per core; 0, sessions run on the shared
+    /// work-stealing runtime instead.
+    pub session_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             hostname: None,
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Duration::from_secs(30),
+            session_threads: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::queue::Queue;
 use crate::smtp::conn::{Conn, Stream};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Session;
+use crate::smtp::threads::SessionThreads;
 use crate::smtp::{ListenerCtx, RelayRules};
 
 /// Counts a listener's open connections, in total and per client IP.
@@ -222,9 +223,13 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
         .clone()
         .map(|d| tokio::spawn(d.run(delivery_stop.clone(), delivery_tracker.clone())));
 
+    let threads = match config.server.session_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) {
+        0 => None,
+        n => Some(Arc::new(SessionThreads::start(n)?)),
+    };
     let mut accept_tasks = Vec::new();
     for (listener, ctx) in bound {
-        accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone(), tracker.clone())));
+        accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, shutdown.clone(), tracker.clone(), threads.clone())));
     }
 
     {
@@ -259,6 +264,9 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
             grace = ?config.server.shutdown_grace,
             "sessions still open after the grace period are cut off"
         );
+    }
+    if let Some(t) = &threads {
+        t.stop();
     }
     // Deliveries in flight finish (a confirmed one is recorded) within the grace period.
     delivery_stop.cancel();
@@ -299,7 +307,7 @@ async fn refuse(mut tcp: TcpStream, implicit_tls: bool, why: &str) {
     let _ = tcp.shutdown().await;
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, shutdown: CancellationToken, tracker: TaskTracker) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, shutdown: CancellationToken, tracker: TaskTracker, threads: Option<Arc<SessionThreads>>) {
     let counts = Arc::new(Mutex::new(ConnCounts::default()));
     let implicit = ctx.cfg.tls == TlsMode::Implicit;
     loop {
@@ -349,6 +357,26 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, shutdown: Can
             listener: ctx.name.clone(),
         };
         let local = tcp.local_addr().unwrap_or_else(|_| ctx.cfg.bind);
+        if let Some(threads) = &threads {
+            // The socket moves to the session's thread and its runtime.
+            let tcp = match tcp.into_std() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(listener = %ctx.name, %peer, error = %e, "cannot hand the connection to a session thread");
+                    continue;
+                }
+            };
+            let (ctx, shutdown, token) = (ctx.clone(), shutdown.clone(), tracker.token());
+            threads.spawn(move || async move {
+                let _tracked = token;
+                let _slot = slot;
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => Session::new(ctx, Conn::new(Stream::Plain(tcp)), peer, local, shutdown).run().await,
+                    Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection on its session thread"),
+                }
+            });
+            continue;
+        }
         let session = Session::new(ctx.clone(), Conn::new(Stream::Plain(tcp)), peer, local, shutdown.clone());
         tracker.spawn(async move {
             let _slot = slot;

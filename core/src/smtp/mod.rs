@@ -6,6 +6,7 @@ pub mod conn;
 pub mod data;
 pub mod reply;
 pub mod session;
+pub mod threads;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
