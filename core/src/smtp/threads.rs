@@ -4,11 +4,14 @@
 //! running the fewest sessions). On the shared work-stealing runtime a
 //! session moved to whichever worker polled its socket, so its state, and
 //! the plugin instances it used, kept moving between the cores' caches.
-//! Measured at 1 KB / 100 sessions (benches/plugin-ab.sh): the five-plugin
-//! pipeline accepted 14-20% more messages a second and plain Weir 8-11%
-//! more. What it gives up is work stealing: a session's long CPU-bound
-//! step (plugin calls yield to the thread's other sessions every 10 ms
-//! tick) holds up the sessions on its thread while another core may idle.
+//! Measured at 1 KB / 100 sessions reusing their connections
+//! (benches/plugin-ab.sh): the five-plugin pipeline accepted 14-20% more
+//! messages a second and plain Weir 7-11% more. With one message per
+//! connection the hand-off of each accepted socket to its thread costs
+//! the pipeline 3-6%. What it gives up is work stealing: a session's long
+//! CPU-bound step (plugin calls yield to the thread's other sessions every
+//! 10 ms tick) holds up the sessions on its thread while another core may
+//! idle. `server.session_threads: 0` keeps sessions on the shared runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
