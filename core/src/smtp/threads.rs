@@ -41,25 +41,35 @@ impl Drop for Running {
 }
 
 impl SessionThreads {
-    /// Starts `n` threads (at least one).
+    /// Starts `n` threads (at least one). If one cannot start, those
+    /// already started stop again.
     pub fn start(n: usize) -> Result<SessionThreads> {
-        let stop = CancellationToken::new();
-        let mut threads = Vec::new();
+        let mut all = SessionThreads { threads: Vec::new(), stop: CancellationToken::new() };
         for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a session thread's runtime")?;
-            let handle = rt.handle().clone();
-            let stopped = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("weir-sessions-{i}"))
-                // Dropping the runtime at the end cancels what still runs on it.
-                .spawn(move || rt.block_on(stopped.cancelled()))
-                .context("starting a session thread")?;
-            threads.push(SessionThread { handle, sessions: Arc::new(AtomicUsize::new(0)) });
+            match Self::start_one(i, &all.stop) {
+                Ok(t) => all.threads.push(t),
+                Err(e) => {
+                    all.stop();
+                    return Err(e);
+                }
+            }
         }
-        Ok(SessionThreads { threads, stop })
+        Ok(all)
+    }
+
+    fn start_one(i: usize, stop: &CancellationToken) -> Result<SessionThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a session thread's runtime")?;
+        let handle = rt.handle().clone();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("weir-sessions-{i}"))
+            // Dropping the runtime at the end cancels what still runs on it.
+            .spawn(move || rt.block_on(stopped.cancelled()))
+            .context("starting a session thread")?;
+        Ok(SessionThread { handle, sessions: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// Runs a session made by `make` (on its thread, so that its socket is
