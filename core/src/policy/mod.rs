@@ -443,10 +443,7 @@ impl SessionPolicy {
                 i
             }
             None => {
-                let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
-                    return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
-                };
-                let i = Box::new(rt.instantiate(step.plugin.clone(), services.clone()).await?);
+                let i = Box::new(Self::instantiate(policy, step).await?);
                 step.instances[0].increment(1);
                 i
             }
@@ -455,57 +452,67 @@ impl SessionPolicy {
         Ok(inst)
     }
 
+    /// A new instance of `step`'s plugin.
+    async fn instantiate(policy: &Policy, step: &PreparedStep) -> Result<Instance, Fault> {
+        let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
+            return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
+        };
+        rt.instantiate(step.plugin.clone(), services.clone()).await
+    }
+
     async fn call(&mut self, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         let plugin = &step.plugin;
         if plugin.is_disabled() {
             return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
         }
-        let r = if step.placement == Placement::Shared {
-            // A stateless plugin: an instance for this call only.
-            let mut inst = Self::acquire(&self.policy, self.id, step).await?;
-            let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
-            if let Some(pool) = &self.policy.pool {
-                pool.give_back(step.slot, inst);
-            }
-            r
-        } else if step.placement == Placement::Homed {
-            let home = match self.homes.get(step.slot) {
-                Some(Some(h)) => h.clone(),
-                Some(None) => {
-                    let Some(h) = self.policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
-                        return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
-                    };
-                    self.homes[step.slot] = Some(h.clone());
-                    h
+        let r = match step.placement {
+            Placement::Shared => {
+                // A stateless plugin: an instance for this call only.
+                let mut inst = Self::acquire(&self.policy, self.id, step).await?;
+                let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+                if let Some(pool) = &self.policy.pool {
+                    pool.give_back(step.slot, inst);
                 }
-                None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
-            };
-            let policy = &self.policy;
-            let make = async || match (&policy.runtime, &policy.services) {
-                (Some(rt), Some(services)) => rt.instantiate(step.plugin.clone(), services.clone()).await,
-                _ => Err(Fault::new(FaultKind::Trap, "no plugin runtime")),
-            };
-            let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
-            let (r, made) = home.with_instance(self.id, make, call).await?;
-            step.instances[usize::from(!made)].increment(1);
-            r
-        } else {
-            if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
-                let inst = Self::acquire(&self.policy, self.id, step).await?;
-                self.instances[step.slot] = Some(inst);
+                r
             }
-            let Some(entry) = self.instances.get_mut(step.slot) else {
-                return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin"));
-            };
-            let Some(inst) = entry.as_mut() else {
-                return Err(Fault::new(FaultKind::Trap, "instance vanished"));
-            };
-            let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
-            if inst.broken {
-                // A faulted instance is not reused; the next call gets a fresh one.
-                *entry = None;
+            Placement::Homed => {
+                let home = match self.homes.get(step.slot) {
+                    Some(Some(h)) => h.clone(),
+                    Some(None) => {
+                        let Some(h) = self.policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
+                            return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
+                        };
+                        self.homes[step.slot] = Some(h.clone());
+                        h
+                    }
+                    None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
+                };
+                let policy = &self.policy;
+                let make = async || Self::instantiate(policy, step).await;
+                let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+                let (r, made) = home.with_instance(self.id, make, call).await?;
+                // instances: [new, reused]
+                step.instances[usize::from(!made)].increment(1);
+                r
             }
-            r
+            Placement::Own => {
+                if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
+                    let inst = Self::acquire(&self.policy, self.id, step).await?;
+                    self.instances[step.slot] = Some(inst);
+                }
+                let Some(entry) = self.instances.get_mut(step.slot) else {
+                    return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin"));
+                };
+                let Some(inst) = entry.as_mut() else {
+                    return Err(Fault::new(FaultKind::Trap, "instance vanished"));
+                };
+                let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+                if inst.broken {
+                    // A faulted instance is not reused; the next call gets a fresh one.
+                    *entry = None;
+                }
+                r
+            }
         };
         let d = r?;
         if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
