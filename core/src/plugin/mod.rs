@@ -614,8 +614,7 @@ impl Runtime {
         let pool = Arc::new(InstancePool {
             slots: (0..slots).map(|_| (0..shards).map(|_| Mutex::new(Vec::new())).collect()).collect(),
             shard_cap: self.idle_instances.div_ceil(shards),
-            homes: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
-            max_homes: 2 * shards,
+            homes: (0..slots).map(|_| (0..shards).map(|_| Mutex::new(Vec::new())).collect()).collect(),
         });
         let mut all = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
@@ -669,12 +668,14 @@ pub struct InstancePool {
     slots: Vec<Vec<Mutex<Idle>>>,
     /// Idle instances kept per shard: `idle_instances` over the shards.
     shard_cap: usize,
-    /// By slot: the homes of a session-keyed plugin (see `Home`).
-    homes: Vec<Mutex<Vec<Arc<Home>>>>,
-    /// Homes made per slot at most: two per core, so that a call seldom
-    /// finds its home busy with another session's.
-    max_homes: usize,
+    /// By slot, then shard: the homes of a session-keyed plugin (see
+    /// `Home`), at most `HOMES_PER_SHARD` in each.
+    homes: Vec<Vec<Mutex<Vec<Arc<Home>>>>>,
 }
+
+/// Homes made per slot and shard at most: two, so that a call seldom finds
+/// its home busy with another session's.
+const HOMES_PER_SHARD: usize = 2;
 
 /// An instance of a session-keyed plugin (one that keeps its per-session
 /// state by session number) that holds the state of many sessions: each
@@ -785,11 +786,15 @@ impl InstancePool {
     }
 
     /// The home for a session's first call of `slot`'s plugin (the session
-    /// is counted in): a new one while there are fewer than `max_homes`,
-    /// else the one holding the fewest sessions.
+    /// is counted in), from the calling thread's shard: a new one while
+    /// the shard has fewer than `HOMES_PER_SHARD`, else the one holding the
+    /// fewest sessions. A session stays on its session thread, so its
+    /// home's instance stays in one core's cache instead of serving calls
+    /// from every core in turn.
     pub fn home(&self, slot: usize) -> Option<Arc<Home>> {
-        let mut homes = self.homes.get(slot)?.lock().unwrap_or_else(|p| p.into_inner());
-        let home = if homes.len() < self.max_homes {
+        let shards = self.homes.get(slot)?;
+        let mut homes = shards.get(my_shard(shards.len()))?.lock().unwrap_or_else(|p| p.into_inner());
+        let home = if homes.len() < HOMES_PER_SHARD {
             let h = Arc::new(Home {
                 inst: tokio::sync::Mutex::new(None),
                 sessions: std::sync::atomic::AtomicUsize::new(0),
