@@ -354,6 +354,12 @@ pipelines:
     let held = q.iter().find(|m| m["id"] != id.as_str()).unwrap();
     assert_eq!(held["state"], "held");
     assert_eq!(held["quarantine"], "subject asked for it");
+    // A later transaction of the same session: the session's decisions
+    // and tags again, its own, and none of the earlier transactions'.
+    let held = s.queue_show(held["id"].as_str().unwrap());
+    let plugins: Vec<&str> = held["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap()).collect();
+    assert_eq!(plugins, ["conn", "conn", "sender", "rcpt", "stamp", "router"], "{held}");
+    assert_eq!(held["tags"], serde_json::json!([["client", "127.0.0.1"], ["stamped", "yes"]]));
     let metrics = s.metrics();
     assert!(metric_value(&metrics, "weir_plugin_verdicts_total", &["plugin=\"router\"", "verdict=\"quarantine\""]) >= 1.0, "{metrics}");
 }

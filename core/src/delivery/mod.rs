@@ -444,7 +444,7 @@ pub async fn queue_dsn(queue: &Queue, hostname: &str, original: &MessageMeta, bo
         symbols: Vec::new(),
         quarantine: None,
     };
-    queue.insert(&meta, &text).await?;
+    queue.insert(&meta, text).await?;
     metrics::counter!("weir_dsn_total", "action" => format!("{:?}", report.action).to_lowercase()).increment(1);
     tracing::info!(id = %id, about = %original.id, to = %original.sender, action = ?report.action, "DSN queued");
     Ok(id)

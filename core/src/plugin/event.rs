@@ -66,7 +66,7 @@ impl Context {
 /// the empty line (CRLF line ends), bytes that are not UTF-8 replaced.
 pub fn header_section(message: &[u8]) -> Arc<str> {
     let end = crate::policy::headers::header_block_end(message);
-    Arc::from(String::from_utf8_lossy(&message[..end]))
+    Arc::from(crate::policy::headers::lossy(&message[..end]))
 }
 
 /// What one instance was told, as of its last call, whichever session it

@@ -552,7 +552,7 @@ impl SessionPolicy {
                     let v = VERDICTS[i];
                     step.verdicts[i].increment(1);
                     record.verdict = Cow::Borrowed(v);
-                    record.reason = d.reason.clone();
+                    record.reason = d.reason;
                     out.trail.push(record);
                     for c in d.changes {
                         match c {

@@ -285,7 +285,7 @@ impl Session {
             ctx.headers = Some(h);
             b
         });
-        let out = self.policy.run(stage, &mut ctx, body).await;
+        let mut out = self.policy.run(stage, &mut ctx, body).await;
         self.tags = std::mem::take(&mut ctx.tags);
         self.symbols = std::mem::take(&mut ctx.symbols);
         ctx.headers = None;
@@ -296,7 +296,8 @@ impl Session {
                 decisions = ?out.trail, "refused by policy"
             );
         }
-        self.trail.extend(out.trail.iter().cloned());
+        // Moved, not copied: callers look at the verdict and changes only.
+        self.trail.append(&mut out.trail);
         self.pctx = Some(ctx);
         out
     }
@@ -829,6 +830,10 @@ impl Session {
         if tx.rcpts.is_empty() {
             return Reply::new(554, "5.5.1", "No recipients left after policy");
         }
+        // The transaction's own decisions, tags and symbols move into the
+        // record (the transaction ends with it); the session's are copied.
+        let (t, sy, tr) = tx.marks;
+        let (decisions, tags, symbols) = (whole_list(&mut self.trail, tr), whole_list(&mut self.tags, t), whole_list(&mut self.symbols, sy));
         let now = chrono::Utc::now();
         let meta = MessageMeta {
             id: id.clone(),
@@ -856,22 +861,23 @@ impl Session {
                 .unwrap_or(self.ctx.priority),
             history: Vec::new(),
             delay_notified: false,
-            decisions: self.trail.clone(),
-            tags: self.tags.clone(),
-            symbols: self.symbols.clone(),
+            decisions,
+            tags,
+            symbols,
             quarantine: quarantine.clone(),
         };
         let mut meta = meta;
         if quarantine.is_some() {
             meta.state = MessageState::Held;
         }
-        match self.ctx.queue.insert(&meta, &body).await {
+        // Policy may have removed header fields: never below zero.
+        let content = body.len().saturating_sub(header_len) as u64;
+        match self.ctx.queue.insert(&meta, body).await {
             Ok(()) => {
                 if let Some(q) = &meta.quarantine {
                     tracing::info!(id = %id, reason = %q, "quarantined by policy (held)");
                 }
                 self.ctx.queued.notify_one();
-                let content = (body.len() - header_len) as u64;
                 metrics::counter!("weir_messages_accepted_total", "listener" => self.ctx.name.clone()).increment(1);
                 metrics::counter!("weir_bytes_accepted_total", "listener" => self.ctx.name.clone()).increment(content);
                 tracing::info!(
@@ -1130,6 +1136,16 @@ fn req_kind(line: &[u8]) -> HelloKind {
 }
 
 /// The SMTP reply for a refusing verdict, and whether to close afterwards.
+/// All of `v`, leaving its first `keep` items: those are copied, the
+/// rest moved out.
+fn whole_list<T: Clone>(v: &mut Vec<T>, keep: usize) -> Vec<T> {
+    let keep = keep.min(v.len());
+    let mut all = Vec::with_capacity(v.len());
+    all.extend_from_slice(&v[..keep]);
+    all.extend(v.drain(keep..));
+    all
+}
+
 fn refusal(out: &StageOutcome) -> Option<(Reply, bool)> {
     let mk = |(code, enhanced, text): (u16, String, String)| Reply {
         code,
@@ -1205,7 +1221,7 @@ fn sanitize(s: &str) -> String {
 /// The ESMTP parameters of a MAIL or RCPT line as the client sent them
 /// (names upper-cased, values as written): what follows the `<path>`.
 fn esmtp_params(line: &[u8]) -> Vec<wit::Param> {
-    let text = String::from_utf8_lossy(line);
+    let text = crate::policy::headers::lossy(line);
     let text = text.trim_end();
     let rest = match text.find('<') {
         Some(open) => {
@@ -1242,6 +1258,15 @@ fn esmtp_params(line: &[u8]) -> Vec<wit::Param> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_list_copies_the_kept_part_and_moves_the_rest() {
+        let mut v = vec!["session".to_string(), "tx1".into(), "tx2".into()];
+        assert_eq!(whole_list(&mut v, 1), ["session", "tx1", "tx2"]);
+        assert_eq!(v, ["session"]);
+        assert_eq!(whole_list(&mut v, 5), ["session"], "a mark past the end keeps all");
+        assert_eq!(v, ["session"]);
+    }
 
     #[test]
     fn esmtp_params_are_what_follows_the_path() {
