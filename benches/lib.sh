@@ -18,6 +18,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# SPLIT_CORES=1: the servers (Weir, Postfix) on core 0 alone and
+# smtp-source on the other cores, so that a server's own CPU time decides
+# its rate; by default all of them share every core.
+SERVER_CPUS=() LOAD_CPUS=()
+if [ "${SPLIT_CORES:-}" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "SPLIT_CORES needs two cores" >&2; exit 1; }
+  SERVER_CPUS=(taskset -c 0) LOAD_CPUS=(taskset -c "1-$(($(nproc) - 1))")
+fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -66,7 +75,7 @@ YAML
 # under $TMP; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners.
 start_weir() {
   weir_yaml "$1" "$TMP/weir-data" "${2:-}" "${3:-}" > "$TMP/weir.yaml"
-  "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
+  "${SERVER_CPUS[@]}" "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
   WEIR_PID=$!
   PIDS+=("$WEIR_PID")
   wait_port "$1"
@@ -109,7 +118,7 @@ CF
   fi
   chown postfix:postfix "$PF/data"
   postfix -c "$PF/etc" set-permissions >/dev/null 2>&1 || true
-  if ! postfix -c "$PF/etc" start >"$TMP/postfix-start.log" 2>&1; then
+  if ! "${SERVER_CPUS[@]}" postfix -c "$PF/etc" start >"$TMP/postfix-start.log" 2>&1; then
     echo "Postfix did not start:" >&2; cat "$TMP/postfix-start.log" "$PF/maillog" >&2; exit 1
   fi
   wait_port "$port"
@@ -122,7 +131,7 @@ run() {
   local port=$1 size=$2 sessions=$3 start end reuse=-d
   [ "${ONE_PER_SESSION:-}" = 1 ] && reuse=
   start=$(date +%s.%N)
-  smtp-source $reuse -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
+  "${LOAD_CPUS[@]}" smtp-source $reuse -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
     -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
   end=$(date +%s.%N)
   python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"

@@ -10,7 +10,8 @@
 # PIPELINE=noop runs five plugins that only say continue at every stage
 # (the runtime's own cost, without the test plugins' work);
 # ONE_PER_SESSION=1 gives every message its own connection (smtp-source
-# without -d), as most inbound MX traffic comes.
+# without -d), as most inbound MX traffic comes; SPLIT_CORES=1 runs the
+# servers on one core and smtp-source on the others (lib.sh).
 source "$(dirname "$0")/lib.sh"
 MESSAGES=${MESSAGES:-4000}
 SIZES=${SIZES:-"1024 10240"}
@@ -43,6 +44,7 @@ best() { # "rate cpu" lines -> best rate, lowest cpu
 }
 
 mode="smtp-source -d"; [ "${ONE_PER_SESSION:-}" = 1 ] && mode="smtp-source, one message per session"
+[ "${SPLIT_CORES:-}" = 1 ] && mode+="; servers on core 0, smtp-source on the others"
 echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), $mode, $MESSAGES messages per run; $(versions)"
 echo "Weir runs alternate plain/pipeline three times per cell (the disk's fsync time varies from run to run);"
 echo "the table shows the best rate of each and the lowest Weir CPU time per message."
