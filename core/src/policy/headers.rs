@@ -12,9 +12,10 @@ pub fn header_block_end(body: &[u8]) -> usize {
     memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
 }
 
-/// `bytes` as text, bytes that are not UTF-8 replaced. Checking UTF-8 is
-/// several times faster than `String::from_utf8_lossy`'s chunk-by-chunk
-/// walk, and almost all mail passes.
+/// `bytes` as text, bytes that are not UTF-8 replaced. Checking UTF-8
+/// first is faster than `String::from_utf8_lossy`'s chunk-by-chunk walk
+/// (0.4 µs a message in a profile of the five-plugin pipeline), and
+/// almost all mail passes.
 pub(crate) fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
         Ok(s) => Cow::Borrowed(s),

@@ -1135,7 +1135,6 @@ fn req_kind(line: &[u8]) -> HelloKind {
     }
 }
 
-/// The SMTP reply for a refusing verdict, and whether to close afterwards.
 /// All of `v`, leaving its first `keep` items: those are copied, the
 /// rest moved out.
 fn whole_list<T: Clone>(v: &mut Vec<T>, keep: usize) -> Vec<T> {
@@ -1146,6 +1145,7 @@ fn whole_list<T: Clone>(v: &mut Vec<T>, keep: usize) -> Vec<T> {
     all
 }
 
+/// The SMTP reply for a refusing verdict, and whether to close afterwards.
 fn refusal(out: &StageOutcome) -> Option<(Reply, bool)> {
     let mk = |(code, enhanced, text): (u16, String, String)| Reply {
         code,
