@@ -53,13 +53,11 @@ fn fields(block: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
     out
 }
 
-/// The headers, unfolded, exactly as the plugin SDK shows them to plugins
-/// (`weir_plugin_sdk::parse_headers`, one parser for both): `weir policy
-/// test` checks a fixture's expected headers with it. Bytes that are not
-/// UTF-8 are replaced.
+/// The headers, unfolded, exactly as the plugin SDK shows them to plugins:
+/// the header section plugins are told, through the SDK's own parser.
+/// `weir policy test` checks a fixture's expected headers with it.
 pub fn parse(body: &[u8]) -> Vec<weir_plugin_sdk::Header> {
-    let end = header_block_end(body);
-    weir_plugin_sdk::parse_headers(&String::from_utf8_lossy(&body[..end]))
+    weir_plugin_sdk::parse_headers(&crate::plugin::event::header_section(body))
 }
 
 /// Whether any of `changes` adds, removes or replaces a header.
