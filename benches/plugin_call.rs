@@ -89,13 +89,14 @@ fn bench(c: &mut Criterion) {
         (runtime, services, plugin)
     });
     let context = ctx();
+    let config: std::sync::Arc<str> = std::sync::Arc::from("");
     let mut inst = rt.block_on(Instance::new(&runtime, plugin.clone(), services.clone())).unwrap();
     c.bench_function("call_reused", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let d = inst.on_stage(&context, Instant::now(), 0, std::sync::Arc::from(""), None).await.unwrap();
+                    let d = inst.on_stage(&context, Instant::now(), 0, &config, None).await.unwrap();
                     std::hint::black_box(d);
                 }
                 start.elapsed()

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use crossbeam_utils::CachePadded;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
@@ -612,7 +613,7 @@ impl Runtime {
     pub fn new_pool(&self, slots: usize) -> Arc<InstancePool> {
         let shards = pool_shards();
         let pool = Arc::new(InstancePool {
-            slots: (0..slots).map(|_| (0..shards).map(|_| Mutex::new(Vec::new())).collect()).collect(),
+            slots: (0..slots).map(|_| (0..shards).map(|_| CachePadded::new(Mutex::new(Vec::new()))).collect()).collect(),
             shard_cap: self.idle_instances.div_ceil(shards),
             homes: (0..slots).map(|_| (0..shards).map(|_| Mutex::new(Vec::new())).collect()).collect(),
         });
@@ -664,8 +665,9 @@ impl Runtime {
 pub struct InstancePool {
     /// By slot, then shard: each idle instance with the session it last
     /// served (kept beside it, so finding a session's instance reads one
-    /// array, not every instance).
-    slots: Vec<Vec<Mutex<Idle>>>,
+    /// array, not every instance). Each shard on its own cache line: side
+    /// by side, two threads' takes and give-backs wrote to the same line.
+    slots: Vec<Vec<CachePadded<Mutex<Idle>>>>,
     /// Idle instances kept per shard: `idle_instances` over the shards.
     shard_cap: usize,
     /// By slot, then shard: the homes of a session-keyed plugin (see
@@ -902,7 +904,7 @@ impl Instance {
         r.map_err(|e| classify(&mut self.store, e))
     }
 
-    fn begin_call(&mut self, started: Instant, config: Option<Arc<str>>, body: Option<Arc<Vec<u8>>>) {
+    fn begin_call(&mut self, started: Instant, config: Option<&Arc<str>>, body: Option<Arc<Vec<u8>>>) {
         let s = self.store.data_mut();
         // The epoch callback bounds guest running time; the deadline bounds
         // the whole call, the waits of host calls included.
@@ -911,8 +913,11 @@ impl Instance {
         s.timed_out = false;
         s.memory_exceeded = false;
         s.refused = None;
-        if let Some(c) = config {
-            s.config_json = c;
+        // Cloned only when it differs: the step's Arc is shared by every
+        // session thread, and a clone and drop per call wrote its count
+        // from both cores.
+        if let Some(c) = config.filter(|c| !Arc::ptr_eq(c, &s.config_json)) {
+            s.config_json = c.clone();
         }
         s.body = body;
         // The callback stays registered; only the deadline is re-armed.
@@ -923,7 +928,7 @@ impl Instance {
     /// A fault leaves the instance broken (a Rust guest cannot recover from
     /// a trap mid-call): callers drop it.
     /// `started` is when the step began (the call's deadline counts from it).
-    pub async fn on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+    pub async fn on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: &Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         self.begin_call(started, Some(config), body);
         let mut event = self.told.event(ctx, std::mem::take(&mut self.new_session), config_id);
         event.session = self.session;

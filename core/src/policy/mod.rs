@@ -389,6 +389,13 @@ static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 pub struct SessionPolicy {
     policy: Arc<Policy>,
     pipeline: Option<Arc<Pipeline>>,
+    held: Held,
+}
+
+/// The instances and homes a session holds, apart from the pipeline so
+/// that a stage can borrow the pipeline while it calls (cloning the Arc
+/// per stage wrote its count from every session thread's core).
+struct Held {
     /// This session's number (see `Instance::serve`).
     id: u64,
     /// The session's own instances (`Placement::Own`), by plugin slot.
@@ -400,16 +407,17 @@ pub struct SessionPolicy {
 impl Drop for SessionPolicy {
     /// The session is over: its sound instances may serve later ones.
     fn drop(&mut self) {
+        let held = &mut self.held;
         if let Some(pool) = &self.policy.pool {
-            for (slot, inst) in self.instances.iter_mut().enumerate() {
+            for (slot, inst) in held.instances.iter_mut().enumerate() {
                 if let Some(mut i) = inst.take() {
-                    i.session_ended(self.id);
+                    i.session_ended(held.id);
                     pool.give_back(slot, i);
                 }
             }
         }
-        for home in self.homes.iter_mut().filter_map(Option::take) {
-            home.leave(self.id);
+        for home in held.homes.iter_mut().filter_map(Option::take) {
+            home.leave(held.id);
         }
     }
 }
@@ -420,7 +428,7 @@ impl SessionPolicy {
         let instances = (0..policy.slots).map(|_| None).collect();
         let homes = (0..policy.slots).map(|_| None).collect();
         let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SessionPolicy { policy, pipeline, id, instances, homes }
+        SessionPolicy { policy, pipeline, held: Held { id, instances, homes } }
     }
 
     /// Whether the session runs a pipeline at all.
@@ -460,7 +468,10 @@ impl SessionPolicy {
         rt.instantiate(step.plugin.clone(), services.clone()).await
     }
 
-    async fn call(&mut self, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+}
+
+impl Held {
+    async fn call(&mut self, policy: &Arc<Policy>, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         let plugin = &step.plugin;
         if plugin.is_disabled() {
             return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
@@ -468,9 +479,9 @@ impl SessionPolicy {
         let r = match step.placement {
             Placement::Shared => {
                 // A stateless plugin: an instance for this call only.
-                let mut inst = Self::acquire(&self.policy, self.id, step).await?;
-                let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
-                if let Some(pool) = &self.policy.pool {
+                let mut inst = SessionPolicy::acquire(policy, self.id, step).await?;
+                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
+                if let Some(pool) = &policy.pool {
                     pool.give_back(step.slot, inst);
                 }
                 r
@@ -479,7 +490,7 @@ impl SessionPolicy {
                 let home = match self.homes.get(step.slot) {
                     Some(Some(h)) => h.clone(),
                     Some(None) => {
-                        let Some(h) = self.policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
+                        let Some(h) = policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
                             return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
                         };
                         self.homes[step.slot] = Some(h.clone());
@@ -487,9 +498,8 @@ impl SessionPolicy {
                     }
                     None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
                 };
-                let policy = &self.policy;
-                let make = async || Self::instantiate(policy, step).await;
-                let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+                let make = async || SessionPolicy::instantiate(policy, step).await;
+                let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
                 let (r, made) = home.with_instance(self.id, make, call).await?;
                 // instances: [new, reused]
                 step.instances[usize::from(!made)].increment(1);
@@ -497,7 +507,7 @@ impl SessionPolicy {
             }
             Placement::Own => {
                 if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
-                    let inst = Self::acquire(&self.policy, self.id, step).await?;
+                    let inst = SessionPolicy::acquire(policy, self.id, step).await?;
                     self.instances[step.slot] = Some(inst);
                 }
                 let Some(entry) = self.instances.get_mut(step.slot) else {
@@ -506,7 +516,7 @@ impl SessionPolicy {
                 let Some(inst) = entry.as_mut() else {
                     return Err(Fault::new(FaultKind::Trap, "instance vanished"));
                 };
-                let r = inst.on_stage(ctx, started, step.config_id, step.config_json.clone(), body).await;
+                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
                 if inst.broken {
                     // A faulted instance is not reused; the next call gets a fresh one.
                     *entry = None;
@@ -520,13 +530,15 @@ impl SessionPolicy {
         }
         Ok(d)
     }
+}
 
+impl SessionPolicy {
     /// Runs one stage's pipeline. Tags and symbols are applied to `ctx` as
     /// steps return them.
     pub async fn run(&mut self, stage: StageName, ctx: &mut Context, body: Option<Arc<Vec<u8>>>) -> StageOutcome {
         let mut out = StageOutcome::default();
         ctx.stage = crate::plugin::stage_to_wit(stage);
-        let Some(pipeline) = self.pipeline.clone() else {
+        let Some(pipeline) = self.pipeline.as_deref() else {
             return out;
         };
         for step in &pipeline.stages[stage as usize] {
@@ -535,7 +547,7 @@ impl SessionPolicy {
             }
             let name = step.plugin.name.clone();
             let started = Instant::now();
-            let r = self.call(step, ctx, started, body.clone()).await;
+            let r = self.held.call(&self.policy, step, ctx, started, body.clone()).await;
             let elapsed = started.elapsed();
             step.latency.record(elapsed.as_secs_f64());
             let mut record = DecisionRecord {
