@@ -6,7 +6,8 @@
 # same smtp-source load. Goal: with plugins >= 0.8x without, >= 2x Postfix.
 #
 #   make plugins && benches/plugin-accept-rate.sh     (or: make bench)
-# Environment: MESSAGES (default 4000), SIZES, SESSIONS, WEIR;
+# Environment: MESSAGES (default 4000), ROUNDS (plain/pipeline pairs a
+# cell, default 3), SIZES, SESSIONS, WEIR;
 # PIPELINE=noop runs five plugins that only say continue at every stage
 # (the runtime's own cost, without the test plugins' work);
 # ONE_PER_SESSION=1 gives every message its own connection (smtp-source
@@ -14,6 +15,7 @@
 # servers on one core and smtp-source on the others (lib.sh).
 source "$(dirname "$0")/lib.sh"
 MESSAGES=${MESSAGES:-4000}
+ROUNDS=${ROUNDS:-3}
 SIZES=${SIZES:-"1024 10240"}
 SESSIONS=${SESSIONS:-"20 100"}
 PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
@@ -46,24 +48,29 @@ best() { # "rate cpu" lines -> best rate, lowest cpu
 mode="smtp-source -d"; [ "${ONE_PER_SESSION:-}" = 1 ] && mode="smtp-source, one message per session"
 [ "${SPLIT_CORES:-}" = 1 ] && mode+="; servers on core 0, smtp-source on the others"
 echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), $mode, $MESSAGES messages per run; $(versions)"
-echo "Weir runs alternate plain/pipeline three times per cell (the disk's fsync time varies from run to run);"
-echo "the table shows the best rate of each and the lowest Weir CPU time per message."
+echo "Weir runs alternate plain/pipeline $ROUNDS times per cell (the disk's fsync time varies from run to run);"
+echo "the table shows the best rate of each, the median of the $ROUNDS runs' pipeline/plain ratios (each"
+echo "pipeline run against the plain run just before it), and the lowest Weir CPU time per message."
 echo
-printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-12s | %-11s | %-11s |\n' size sessions "weir msg/s" "weir+5 msg/s" "postfix msg/s" "+5 / plain" "+5 / postfix" "CPU/msg" "CPU/msg +5"
-printf '|--------|----------|------------|--------------|---------------|------------|--------------|-------------|-------------|\n'
+printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-13s | %-12s | %-11s | %-11s |\n' size sessions "weir msg/s" "weir+5 msg/s" "postfix msg/s" "+5 / plain" "median pair" "+5 / postfix" "CPU/msg" "CPU/msg +5"
+printf '|--------|----------|------------|--------------|---------------|------------|---------------|--------------|-------------|-------------|\n'
 for size in $SIZES; do
   for sessions in $SESSIONS; do
     for p in "$PLAIN" "$PIPE" "$PF_PORT"; do MESSAGES=200 run "$p" "$size" "$sessions" >/dev/null; done
     plain_runs=""; pipe_runs=""
-    for _ in 1 2 3; do
+    for _ in $(seq "$ROUNDS"); do
       plain_runs+="$(measure "$PLAIN" "$size" "$sessions")"$'\n'
       pipe_runs+="$(measure "$PIPE" "$size" "$sessions")"$'\n'
     done
     read -r w wc <<< "$(echo "$plain_runs" | best)"
     read -r wp wpc <<< "$(echo "$pipe_runs" | best)"
+    paired=$(python3 -c "import sys, statistics
+a = [int(l.split()[0]) for l in sys.argv[1].splitlines() if l.strip()]
+b = [int(l.split()[0]) for l in sys.argv[2].splitlines() if l.strip()]
+print(f'{statistics.median(y / x for x, y in zip(a, b)):.2f}x')" "$plain_runs" "$pipe_runs")
     p=$(run "$PF_PORT" "$size" "$sessions")
-    printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-12s | %-11s | %-11s |\n' "$((size / 1024)) KB" "$sessions" "$w" "$wp" "$p" \
-      "$(python3 -c "print(f'{$wp / $w:.2f}x')")" "$(python3 -c "print(f'{$wp / $p:.2f}x')")" "$wc us" "$wpc us"
+    printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-13s | %-12s | %-11s | %-11s |\n' "$((size / 1024)) KB" "$sessions" "$w" "$wp" "$p" \
+      "$(python3 -c "print(f'{$wp / $w:.2f}x')")" "$paired" "$(python3 -c "print(f'{$wp / $p:.2f}x')")" "$wc us" "$wpc us"
   done
 done
 stamped=$("$WEIR" queue list --json --config "$TMP/weir.yaml" | python3 -c '
