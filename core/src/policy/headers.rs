@@ -119,7 +119,10 @@ fn field(name: &str, value: &str) -> Vec<u8> {
 /// Applies header changes to the message; `keep` octets at the front
 /// (Weir's Received: header) stay first and unchanged. New fields go right
 /// after them; a replaced field takes the place of the first it replaces.
-pub fn apply(body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::Change)]) -> Vec<u8> {
+/// Only the header section is rewritten: the body after it stays in its
+/// buffer, moved along if the section's length changed, not copied into a
+/// new one.
+pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::Change)]) -> Vec<u8> {
     let relevant: Vec<&wit::Change> = changes
         .iter()
         .map(|(_, c)| c)
@@ -154,16 +157,15 @@ pub fn apply(body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::C
             other => tracing::warn!(change = ?other, "header change with an invalid field name ignored"),
         }
     }
-    let mut out = Vec::with_capacity(body.len() + 256);
-    out.extend_from_slice(&body[..keep]);
+    let mut section = Vec::with_capacity(end - keep + added.iter().map(Vec::len).sum::<usize>());
     for a in added {
-        out.extend_from_slice(&a);
+        section.extend_from_slice(&a);
     }
     for (_, raw) in fs {
-        out.extend_from_slice(&raw);
+        section.extend_from_slice(&raw);
     }
-    out.extend_from_slice(&body[end..]);
-    out
+    body.splice(keep..end, section);
+    body
 }
 
 #[cfg(test)]
@@ -211,6 +213,17 @@ mod tests {
         let h = parse(b"Received: from x\r\n\tby y;  Mon\r\nno colon here\r\n folded under it\r\n: no name\r\nX-Bin: \xff ok\r\nTo:\r\nX-Tabs:\t a \t\x0bb \r\n\r\nX-Body: 1\r\n");
         let got: Vec<(&str, &str)> = h.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
         assert_eq!(got, vec![("Received", "from x by y; Mon"), ("X-Bin", "\u{fffd} ok"), ("To", ""), ("X-Tabs", "a b")]);
+    }
+
+    #[test]
+    fn the_body_stays_in_its_buffer() {
+        let mut msg = b"Received: mine\r\nX-Old: 1\r\nSubject: hi\r\n\r\n".to_vec();
+        msg.extend(std::iter::repeat_n(b'x', 100_000));
+        let (before, len) = (msg.as_ptr(), msg.len());
+        let out = apply(msg, 16, &[ch(wit::Change::RemoveHeader("X-Old".into()))]);
+        assert_eq!(out.as_ptr(), before, "a shorter section: the body moves up in the same buffer");
+        assert_eq!(out.len(), len - b"X-Old: 1\r\n".len());
+        assert!(out.starts_with(b"Received: mine\r\nSubject: hi\r\n\r\nxxx") && out.ends_with(b"xxx"));
     }
 
     #[test]
