@@ -164,7 +164,23 @@ pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wi
     for (_, raw) in fs {
         section.extend_from_slice(&raw);
     }
-    body.splice(keep..end, section);
+    // Move the rest of the message to where the new section ends, then
+    // copy the section in (not `Vec::splice`, which copies octet by octet).
+    let old = end - keep;
+    let len = body.len();
+    match section.len().cmp(&old) {
+        std::cmp::Ordering::Greater => {
+            let grow = section.len() - old;
+            body.resize(len + grow, 0);
+            body.copy_within(end..len, end + grow);
+        }
+        std::cmp::Ordering::Less => {
+            body.copy_within(end..len, keep + section.len());
+            body.truncate(len - (old - section.len()));
+        }
+        std::cmp::Ordering::Equal => {}
+    }
+    body[keep..keep + section.len()].copy_from_slice(&section);
     body
 }
 
@@ -224,6 +240,11 @@ mod tests {
         assert_eq!(out.as_ptr(), before, "a shorter section: the body moves up in the same buffer");
         assert_eq!(out.len(), len - b"X-Old: 1\r\n".len());
         assert!(out.starts_with(b"Received: mine\r\nSubject: hi\r\n\r\nxxx") && out.ends_with(b"xxx"));
+        // A longer section: the body moves down, whole.
+        let out = apply(out, 16, &[ch(wit::Change::AddHeader(wit::Header { name: "X-New".into(), value: "1".into() }))]);
+        assert_eq!(out.len(), len - b"X-Old: 1\r\n".len() + b"X-New: 1\r\n".len());
+        assert!(out.starts_with(b"Received: mine\r\nX-New: 1\r\nSubject: hi\r\n\r\nxxx"));
+        assert!(out[out.len() - 100_000..].iter().all(|&b| b == b'x'));
     }
 
     #[test]
