@@ -166,21 +166,15 @@ pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wi
     }
     // Move the rest of the message to where the new section ends, then
     // copy the section in (not `Vec::splice`, which copies octet by octet).
-    let old = end - keep;
-    let len = body.len();
-    match section.len().cmp(&old) {
-        std::cmp::Ordering::Greater => {
-            let grow = section.len() - old;
-            body.resize(len + grow, 0);
-            body.copy_within(end..len, end + grow);
+    let (len, new_end) = (body.len(), keep + section.len());
+    if new_end != end {
+        if new_end > end {
+            body.resize(len + (new_end - end), 0);
         }
-        std::cmp::Ordering::Less => {
-            body.copy_within(end..len, keep + section.len());
-            body.truncate(len - (old - section.len()));
-        }
-        std::cmp::Ordering::Equal => {}
+        body.copy_within(end..len, new_end);
+        body.truncate(len - end + new_end);
     }
-    body[keep..keep + section.len()].copy_from_slice(&section);
+    body[keep..new_end].copy_from_slice(&section);
     body
 }
 

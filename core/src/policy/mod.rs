@@ -472,7 +472,7 @@ impl SessionPolicy {
 impl Held {
     /// Runs one step's plugin on an instance as its placement says: an
     /// idle one for this call, the session's home, or the session's own.
-    async fn call(&mut self, policy: &Arc<Policy>, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+    async fn call(&mut self, policy: &Policy, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         let plugin = &step.plugin;
         if plugin.is_disabled() {
             return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
