@@ -155,6 +155,9 @@ pipelines:
     assert!(metric_value(&m, "weir_plugin_call_seconds_count", &["plugin=\"loop\""]) >= 3.0, "{m}");
     // All of the above ran on the fast memory layout, the default one.
     assert!(s.log().contains("plugin memories: 4 GiB of address space each, no bounds checks"), "{}", s.log());
+    // A log that is not a terminal gets plain `key=value` fields, without
+    // colour codes between a key and its value.
+    assert!(s.log().contains("plugin loaded plugin=loop "), "{}", s.log());
 }
 
 /// With more instances than 4 GiB reservations fit, or when the kernel
