@@ -440,100 +440,6 @@ impl SessionPolicy {
         self.pipeline.as_ref().is_some_and(|p| !p.stages[stage as usize].is_empty())
     }
 
-    /// An instance for `step` to serve session `id`: an idle one from the
-    /// pool, or a new one. (Not a method: the future must not hold a
-    /// reference to the session's own instances, which are not `Sync`.)
-    async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Box<Instance>, Fault> {
-        let idle = policy.pool.as_ref().and_then(|p| p.take(step.slot, id));
-        let mut inst = match idle {
-            Some(i) => {
-                step.instances[1].increment(1);
-                i
-            }
-            None => {
-                let i = Box::new(Self::instantiate(policy, step).await?);
-                step.instances[0].increment(1);
-                i
-            }
-        };
-        inst.serve(id);
-        Ok(inst)
-    }
-
-    /// A new instance of `step`'s plugin.
-    async fn instantiate(policy: &Policy, step: &PreparedStep) -> Result<Instance, Fault> {
-        let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
-            return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
-        };
-        rt.instantiate(step.plugin.clone(), services.clone()).await
-    }
-}
-
-impl Held {
-    /// Runs one step's plugin on an instance as its placement says: an
-    /// idle one for this call, the session's home, or the session's own.
-    async fn call(&mut self, policy: &Policy, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
-        let plugin = &step.plugin;
-        if plugin.is_disabled() {
-            return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
-        }
-        let r = match step.placement {
-            Placement::Shared => {
-                // A stateless plugin: an instance for this call only.
-                let mut inst = SessionPolicy::acquire(policy, self.id, step).await?;
-                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
-                if let Some(pool) = &policy.pool {
-                    pool.give_back(step.slot, inst);
-                }
-                r
-            }
-            Placement::Homed => {
-                let home = match self.homes.get(step.slot) {
-                    Some(Some(h)) => h.clone(),
-                    Some(None) => {
-                        let Some(h) = policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
-                            return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
-                        };
-                        self.homes[step.slot] = Some(h.clone());
-                        h
-                    }
-                    None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
-                };
-                let make = async || SessionPolicy::instantiate(policy, step).await;
-                let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
-                let (r, made) = home.with_instance(self.id, make, call).await?;
-                // instances: [new, reused]
-                step.instances[usize::from(!made)].increment(1);
-                r
-            }
-            Placement::Own => {
-                if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
-                    let inst = SessionPolicy::acquire(policy, self.id, step).await?;
-                    self.instances[step.slot] = Some(inst);
-                }
-                let Some(entry) = self.instances.get_mut(step.slot) else {
-                    return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin"));
-                };
-                let Some(inst) = entry.as_mut() else {
-                    return Err(Fault::new(FaultKind::Trap, "instance vanished"));
-                };
-                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
-                if inst.broken {
-                    // A faulted instance is not reused; the next call gets a fresh one.
-                    *entry = None;
-                }
-                r
-            }
-        };
-        let d = r?;
-        if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
-            return Err(Fault::new(FaultKind::Refused, format!("asked for a change ({c:?}) needing the `{}` grant", change_grant(c).as_str())));
-        }
-        Ok(d)
-    }
-}
-
-impl SessionPolicy {
     /// Runs one stage's pipeline. Tags and symbols are applied to `ctx` as
     /// steps return them.
     pub async fn run(&mut self, stage: StageName, ctx: &mut Context, body: Option<Arc<Vec<u8>>>) -> StageOutcome {
@@ -615,6 +521,98 @@ impl SessionPolicy {
             }
         }
         out
+    }
+}
+
+impl Held {
+    /// An instance for `step` to serve session `id`: an idle one from the
+    /// pool, or a new one. (Not a method: the future must not hold a
+    /// reference to the session's own instances, which are not `Sync`.)
+    async fn acquire(policy: &Policy, id: u64, step: &PreparedStep) -> Result<Box<Instance>, Fault> {
+        let idle = policy.pool.as_ref().and_then(|p| p.take(step.slot, id));
+        let mut inst = match idle {
+            Some(i) => {
+                step.instances[1].increment(1);
+                i
+            }
+            None => {
+                let i = Box::new(Self::instantiate(policy, step).await?);
+                step.instances[0].increment(1);
+                i
+            }
+        };
+        inst.serve(id);
+        Ok(inst)
+    }
+
+    /// A new instance of `step`'s plugin.
+    async fn instantiate(policy: &Policy, step: &PreparedStep) -> Result<Instance, Fault> {
+        let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
+            return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
+        };
+        rt.instantiate(step.plugin.clone(), services.clone()).await
+    }
+
+    /// Runs one step's plugin on an instance as its placement says: an
+    /// idle one for this call, the session's home, or the session's own.
+    async fn call(&mut self, policy: &Policy, step: &PreparedStep, ctx: &Context, started: Instant, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
+        let plugin = &step.plugin;
+        if plugin.is_disabled() {
+            return Err(Fault::new(FaultKind::Disabled, "switched off by its circuit breaker"));
+        }
+        let r = match step.placement {
+            Placement::Shared => {
+                // A stateless plugin: an instance for this call only.
+                let mut inst = Self::acquire(policy, self.id, step).await?;
+                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
+                if let Some(pool) = &policy.pool {
+                    pool.give_back(step.slot, inst);
+                }
+                r
+            }
+            Placement::Homed => {
+                let home = match self.homes.get(step.slot) {
+                    Some(Some(h)) => h.clone(),
+                    Some(None) => {
+                        let Some(h) = policy.pool.as_ref().and_then(|p| p.home(step.slot)) else {
+                            return Err(Fault::new(FaultKind::Trap, "no instance home for the plugin"));
+                        };
+                        self.homes[step.slot] = Some(h.clone());
+                        h
+                    }
+                    None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
+                };
+                let make = async || Self::instantiate(policy, step).await;
+                let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
+                let (r, made) = home.with_instance(self.id, make, call).await?;
+                // instances: [new, reused]
+                step.instances[usize::from(!made)].increment(1);
+                r
+            }
+            Placement::Own => {
+                if self.instances.get(step.slot).is_some_and(|i| i.is_none()) {
+                    let inst = Self::acquire(policy, self.id, step).await?;
+                    self.instances[step.slot] = Some(inst);
+                }
+                let Some(entry) = self.instances.get_mut(step.slot) else {
+                    return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin"));
+                };
+                let Some(inst) = entry.as_mut() else {
+                    return Err(Fault::new(FaultKind::Trap, "instance vanished"));
+                };
+                let r = inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
+                if inst.broken {
+                    // A faulted instance is not reused; the next call gets a fresh one.
+                    *entry = None;
+                }
+                r
+            }
+        };
+        let d = r?;
+        if let Some(c) = d.changes.iter().find(|c| !plugin.grants.contains(&change_grant(c))) {
+            return Err(Fault::new(FaultKind::Refused, format!("asked for a change ({c:?}) needing the `{}` grant", change_grant(c).as_str())));
+        }
+        Ok(d)
     }
 }
 
