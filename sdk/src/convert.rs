@@ -55,7 +55,7 @@ fn splice<T>(list: &mut Vec<T>, keep: u32, items: Vec<T>) {
 /// Brings the session's context up to date with what the host told.
 fn apply(c: &mut Context, e: w::Event) {
     c.stage = stage_from_wit(e.stage);
-    for f in e.connection {
+    for f in e.connection.into_iter().flatten() {
         set_fact(&mut c.connection, f);
     }
     if let Some(m) = e.mail_from {
@@ -66,7 +66,7 @@ fn apply(c: &mut Context, e: w::Event) {
         splice(&mut c.envelope.recipients, r.keep, r.items);
     }
     c.recipient = e.recipient;
-    c.recipient_params = e.recipient_params.into_iter().map(param).collect();
+    c.recipient_params = e.recipient_params.unwrap_or_default().into_iter().map(param).collect();
     if let Some(t) = e.tags {
         splice(&mut c.tags, t.keep, t.items);
     }
@@ -96,7 +96,7 @@ pub struct Exported<P> {
 pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, mut e: w::Event) -> w::Decision {
     let mut slot = slot.borrow_mut();
     let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), sessions: Sessions::default(), ctx: Context::new(Stage::Connect) });
-    let (session, new_session, ended) = (e.session, e.new_session, core::mem::take(&mut e.ended));
+    let (session, new_session, ended) = (e.session, e.new_session, e.ended.take().unwrap_or_default());
     crate::host::set_config_id(e.config_id);
     apply(&mut s.ctx, e);
     let plugin = if P::STATELESS {

@@ -97,6 +97,12 @@ fn splice<T: PartialEq + Clone>(told: &mut Vec<T>, now: &[T]) -> Option<(u32, Ve
     Some((u32::try_from(keep).unwrap_or(u32::MAX), items))
 }
 
+/// None for an empty list: the host places every list it tells, even an
+/// empty one, through a call into the guest's allocator.
+pub fn none_if_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
 /// The facts of `now` that differ from `told` (all of them when nothing
 /// was told).
 fn connection_facts(told: Option<&wit::Connection>, now: &wit::Connection) -> Vec<wit::ConnectionFact> {
@@ -128,11 +134,11 @@ impl Told {
     /// the same.
     pub fn event(&mut self, ctx: &Context, new_session: bool, config_id: u32) -> wit::Event {
         let connection = match &self.connection {
-            Some(told) if Arc::ptr_eq(told, &ctx.connection) => Vec::new(),
+            Some(told) if Arc::ptr_eq(told, &ctx.connection) => None,
             told => {
                 let facts = connection_facts(told.as_deref(), &ctx.connection);
                 self.connection = Some(ctx.connection.clone());
-                facts
+                none_if_empty(facts)
             }
         };
         let env = &ctx.envelope;
@@ -162,13 +168,13 @@ impl Told {
             stage: ctx.stage,
             // The instance's own bookkeeping, which it fills in.
             session: 0,
-            ended: Vec::new(),
+            ended: None,
             new_session,
             connection,
             mail_from,
             recipients,
             recipient: ctx.recipient.clone(),
-            recipient_params: ctx.recipient_params.clone(),
+            recipient_params: none_if_empty(ctx.recipient_params.clone()),
             tags,
             symbols,
             size: ctx.size,
@@ -210,7 +216,7 @@ mod tests {
     impl Guest {
         /// As the SDK does: a new session does not reset the context.
         fn apply(&mut self, e: wit::Event) {
-            if !e.connection.is_empty() {
+            if let Some(facts) = e.connection {
                 let c = self.connection.get_or_insert_with(|| wit::Connection {
                     remote_ip: String::new(),
                     remote_port: 0,
@@ -222,7 +228,7 @@ mod tests {
                     helo: None,
                     auth_user: None,
                 });
-                for f in e.connection {
+                for f in facts {
                     match f {
                         wit::ConnectionFact::RemoteIp(v) => c.remote_ip = v,
                         wit::ConnectionFact::RemotePort(v) => c.remote_port = v,
@@ -271,20 +277,21 @@ mod tests {
         let mut guest = Guest::default();
         let mut ctx = Context::new(conn());
         let e = told.event(&ctx, true, 0);
-        assert_eq!(e.connection.len(), 9, "the first call tells every connection fact");
+        assert_eq!(e.connection.as_ref().map(Vec::len), Some(9), "the first call tells every connection fact");
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         ctx.envelope.sender = Some("a@example.org".into());
         let e = told.event(&ctx, false, 0);
-        assert!(e.connection.is_empty(), "an unchanged connection is not told again");
+        assert!(e.connection.is_none(), "an unchanged connection is not told again, not even as an empty list");
+        assert!(e.ended.is_none() && e.recipient_params.is_none(), "empty lists are not placed in the guest");
         assert_eq!(e.mail_from.as_ref().and_then(|m| m.address.as_deref()), Some("a@example.org"));
         guest.apply(e);
 
         // HELO: that one fact.
         Arc::make_mut(&mut ctx.connection).helo = Some("client.example".into());
         let e = told.event(&ctx, false, 0);
-        assert_eq!(e.connection, vec![wit::ConnectionFact::Helo(Some("client.example".into()))]);
+        assert_eq!(e.connection, Some(vec![wit::ConnectionFact::Helo(Some("client.example".into()))]));
         assert!(e.mail_from.is_none(), "the sender was told already");
         guest.apply(e);
         assert!(guest.sees(&ctx));
@@ -298,6 +305,13 @@ mod tests {
             guest.apply(e);
             assert!(guest.sees(&ctx));
         }
+        // A recipient's parameters, when it has some, come with it.
+        ctx.recipient = Some("c@example.org".into());
+        ctx.recipient_params = vec![wit::Param { name: "NOTIFY".into(), value: Some("NEVER".into()) }];
+        let e = told.event(&ctx, false, 0);
+        assert_eq!(e.recipient_params.as_deref().map(<[_]>::len), Some(1));
+        ctx.recipient = None;
+        ctx.recipient_params.clear();
 
         // A plugin's rewrite in the middle of the list: told from there on.
         ctx.envelope.recipients[0] = "z@example.org".into();
@@ -356,7 +370,7 @@ mod tests {
         // Only the facts that differ: the address and port, not the
         // listener or the local address.
         assert!(e.new_session);
-        assert_eq!(e.connection, vec![wit::ConnectionFact::RemoteIp("198.51.100.7".into()), wit::ConnectionFact::RemotePort(5000)]);
+        assert_eq!(e.connection, Some(vec![wit::ConnectionFact::RemoteIp("198.51.100.7".into()), wit::ConnectionFact::RemotePort(5000)]));
         assert_eq!(e.mail_from.as_ref().map(|m| m.address.clone()), Some(None), "A's sender is taken back");
         assert_eq!(e.recipients.as_ref().map(|r| (r.keep, r.items.len())), Some((0, 0)));
         assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 0)));
@@ -367,14 +381,14 @@ mod tests {
         // B's own next call: only what changed.
         b.envelope.sender = Some("c@example.org".into());
         let e = told.event(&b, false, 0);
-        assert!(e.connection.is_empty() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
+        assert!(e.connection.is_none() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
         guest.apply(e);
         assert!(guest.sees(&b));
         // Facts two sessions share (the same sender) are not told again.
         let mut c = Context::new(conn());
         c.envelope.sender = Some("c@example.org".into());
         let e = told.event(&c, true, 0);
-        assert_eq!(e.connection.len(), 2, "back to A's address and port");
+        assert_eq!(e.connection.as_ref().map(Vec::len), Some(2), "back to A's address and port");
         assert!(e.mail_from.is_none());
         guest.apply(e);
         assert!(guest.sees(&c));

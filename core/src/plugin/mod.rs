@@ -544,7 +544,7 @@ pub fn plugin_dir() -> String {
 
 /// The version of the plugin interface (sdk/wit/plugin.wit) this host
 /// speaks.
-pub const INTERFACE_VERSION: &str = "0.4.0";
+pub const INTERFACE_VERSION: &str = "0.5.0";
 
 /// Whether two interface versions are compatible by semver: the same major
 /// version, and below 1.0 the same minor one.
@@ -932,7 +932,7 @@ impl Instance {
         self.begin_call(started, Some(config), body);
         let mut event = self.told.event(ctx, std::mem::take(&mut self.new_session), config_id);
         event.session = self.session;
-        event.ended = std::mem::take(&mut self.ended);
+        event.ended = event::none_if_empty(std::mem::take(&mut self.ended));
         match self.bindings.call_on_stage(&mut self.store, &event).await {
             Ok(d) => {
                 self.store.data_mut().body = None;
