@@ -536,7 +536,9 @@ impl Held {
                 i
             }
             None => {
-                let i = Box::new(Self::instantiate(policy, step).await?);
+                // Boxed: wasmtime's instantiation future is large, and
+                // unboxed it would size (and be copied with) every call's.
+                let i = Box::new(Box::pin(Self::instantiate(policy, step)).await?);
                 step.instances[0].increment(1);
                 i
             }
@@ -582,7 +584,7 @@ impl Held {
                     }
                     None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
                 };
-                let make = async || Self::instantiate(policy, step).await;
+                let make = async || Box::pin(Self::instantiate(policy, step)).await;
                 let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
                 let (r, made) = home.with_instance(self.id, make, call).await?;
                 // instances: [new, reused]
