@@ -178,6 +178,17 @@ fn find_plain_header<'a>(section: &'a str, name: &str) -> Result<Option<&'a str>
             continue;
         }
         begun = true;
+        // Most lines name other fields. One whose first byte `trim` keeps
+        // (ASCII, not white space) names `name` only if it begins with it:
+        // the rest are passed over without looking for their colon.
+        let first = line.as_bytes()[0];
+        if !name.is_empty()
+            && first.is_ascii()
+            && !char::from(first).is_whitespace()
+            && !line.as_bytes().get(..name.len()).is_some_and(|p| p.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
         let Some((field, value)) = line.split_once(':') else {
             continue;
         };
@@ -185,8 +196,16 @@ fn find_plain_header<'a>(section: &'a str, name: &str) -> Result<Option<&'a str>
             continue;
         }
         let folded = lines.peek().is_some_and(|next| next.starts_with(' ') || next.starts_with('\t'));
-        let v = value.trim();
-        let plain = v.is_ascii() && !v.contains("  ") && !v.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c'));
+        // One pass: printable ASCII words, one space between them. (What
+        // `trim_ascii` leaves that `trim` would not, a vertical tab at an
+        // end, makes the value not plain: the parse then decides.)
+        let v = value.trim_ascii();
+        let mut previous = 0u8;
+        let plain = v.bytes().all(|b| {
+            let ok = b.is_ascii() && !matches!(b, b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c') && !(b == b' ' && previous == b' ');
+            previous = b;
+            ok
+        });
         return if folded || !plain { Err(()) } else { Ok(Some(v)) };
     }
     Ok(None)
@@ -348,6 +367,19 @@ mod tests {
             c.set_header_section(section.into());
             assert_eq!(c.header(name), expected, "{name}");
         }
+        // Lines that begin with white space or a byte that is not ASCII,
+        // names before a space and a colon, values with a vertical tab or
+        // a run of spaces: found as the parse finds them.
+        let odd = " X-First: lead\r\nSubject : a b\r\n\u{e9}X: 1\r\nX-Vt: a\x0b\r\nX-Run: a  b\r\nX-Sub: c\r\nX-Subject: no\r\n\r\n";
+        let parsed = parse_headers(odd);
+        for name in ["x-first", "subject", "\u{e9}x", "x-vt", "x-run", "x-sub", "x-subject", "x", "sub"] {
+            let expected = parsed.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
+            let mut c = Context::new(Stage::Data);
+            c.set_header_section(odd.into());
+            assert_eq!(c.header(name), expected, "{name}");
+        }
+        assert_eq!(find_plain_header(odd, "subject"), Ok(Some("a b")));
+        assert_eq!(find_plain_header(odd, "x-run"), Err(()), "a run of spaces: parsed");
         assert_eq!(find_plain_header(section, "from"), Ok(Some("<a@b>")));
         assert_eq!(find_plain_header(section, "to"), Err(()), "folded: parsed");
         c.set_header_section(String::new());
