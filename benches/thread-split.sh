@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Where Weir's CPU goes, thread by thread, plain and with the five-plugin
+# pipeline: one Weir with both listeners, smtp-source on each in turn, and
+# each thread group's CPU time and context switches a message (from
+# /proc/PID/task), with smtp-source's own CPU beside them. On a two-core
+# host the load generator shares the cores, so its CPU a message is part
+# of what sets the rate.
+#
+#   make plugins && benches/thread-split.sh
+# Environment: MESSAGES (16000), SIZE (1024), SESSIONS (20), ROUNDS (2).
+source "$(dirname "$0")/lib.sh"
+PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
+MESSAGES=${MESSAGES:-16000}; SIZE=${SIZE:-1024}; SESSIONS=${SESSIONS:-20}; ROUNDS=${ROUNDS:-2}
+PLAIN=$(free_port); PIPE=$(free_port)
+start_weir "$PLAIN" "delivery:
+  enabled: false
+$(five_plugins "$PLUGINS")" "  piped:
+    bind: 127.0.0.1:$PIPE
+    tls: none
+    auth: none
+    pipeline: five
+    limits:
+      max_connections_per_ip: 1000"
+wait_port "$PIPE"
+
+# "group voluntary involuntary ticks" for each thread group (sessions,
+# queue writer, kv writer, epoch ticker).
+snap() {
+  for t in /proc/"$WEIR_PID"/task/*; do
+    echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{n=$2} END{print v, n}' "$t/status") $(awk '{print $14 + $15}' "$t/stat")"
+  done | awk '$1 ~ /sessions|queue|kv|epoch/ {v[$1]+=$2; n[$1]+=$3; c[$1]+=$4} END {for (k in v) print k, v[k], n[k], c[k]}' | sort
+}
+
+echo "Weir's threads, $SIZE bytes, $SESSIONS sessions, smtp-source -d, $MESSAGES messages a run; $(versions)"
+for p in "$PLAIN" "$PIPE"; do MESSAGES=2000 run "$p" "$SIZE" "$SESSIONS" >/dev/null; done
+for _ in $(seq "$ROUNDS"); do
+  for mode in plain pipeline; do
+    port=$PLAIN; [ "$mode" = pipeline ] && port=$PIPE
+    before=$(snap)
+    t0=$(date +%s.%N)
+    src=$( { /usr/bin/time -f "%U %S" smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@example.org \
+      -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null; } 2>&1 | tail -1)
+    t1=$(date +%s.%N)
+    after=$(snap)
+    python3 -c "
+m=$MESSAGES; u,s=map(float,'$src'.split())
+print(f'$mode: {m/($t1-$t0):.0f} msg/s; smtp-source {(u+s)/m*1e6:.0f} us CPU a message')"
+    join <(echo "$before") <(echo "$after") | awk -v m="$MESSAGES" -v hz="$HZ" \
+      '{printf "  %-16s %5.1f us CPU, %.2f voluntary, %.2f involuntary switches a message\n", $1, ($7-$4)/hz/m*1e6, ($5-$2)/m, ($6-$3)/m}'
+  done
+done
