@@ -83,6 +83,22 @@ start_weir() {
   sleep 0.5
 }
 
+# start_weir_plain_and_piped PLAIN_PORT PIPE_PORT PLUGIN_DIR: one Weir,
+# delivery off, with the listener `bench` (no plugins) on PLAIN_PORT and
+# `piped` (the five-plugin pipeline, see five_plugins) on PIPE_PORT.
+start_weir_plain_and_piped() {
+  start_weir "$1" "delivery:
+  enabled: false
+$(five_plugins "$3")" "  piped:
+    bind: 127.0.0.1:$2
+    tls: none
+    auth: none
+    pipeline: five
+    limits:
+      max_connections_per_ip: 1000"
+  wait_port "$2"
+}
+
 # start_postfix PORT [RELAYHOST]: a private Postfix instance (the system's is
 # not touched). Without RELAYHOST, accepted mail is put on hold; with it,
 # mail is relayed there.

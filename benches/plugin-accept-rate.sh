@@ -21,16 +21,7 @@ SESSIONS=${SESSIONS:-"20 100"}
 PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
 
 PLAIN=$(free_port); PIPE=$(free_port); PF_PORT=$(free_port)
-start_weir "$PLAIN" "delivery:
-  enabled: false
-$(five_plugins "$PLUGINS")" "  piped:
-    bind: 127.0.0.1:$PIPE
-    tls: none
-    auth: none
-    pipeline: five
-    limits:
-      max_connections_per_ip: 1000"
-wait_port "$PIPE"
+start_weir_plain_and_piped "$PLAIN" "$PIPE" "$PLUGINS"
 start_postfix "$PF_PORT"
 
 # measure PORT SIZE SESSIONS -> "msg/s cpu_us_per_msg" for Weir

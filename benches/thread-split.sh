@@ -12,16 +12,7 @@ source "$(dirname "$0")/lib.sh"
 PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
 MESSAGES=${MESSAGES:-16000}; SIZE=${SIZE:-1024}; SESSIONS=${SESSIONS:-20}; ROUNDS=${ROUNDS:-2}
 PLAIN=$(free_port); PIPE=$(free_port)
-start_weir "$PLAIN" "delivery:
-  enabled: false
-$(five_plugins "$PLUGINS")" "  piped:
-    bind: 127.0.0.1:$PIPE
-    tls: none
-    auth: none
-    pipeline: five
-    limits:
-      max_connections_per_ip: 1000"
-wait_port "$PIPE"
+start_weir_plain_and_piped "$PLAIN" "$PIPE" "$PLUGINS"
 
 # "group voluntary involuntary ticks" for each thread group (sessions,
 # queue writer, kv writer, epoch ticker).
