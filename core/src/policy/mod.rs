@@ -536,9 +536,7 @@ impl Held {
                 i
             }
             None => {
-                // Boxed: wasmtime's instantiation future is large, and
-                // unboxed it would size (and be copied with) every call's.
-                let i = Box::new(Box::pin(Self::instantiate(policy, step)).await?);
+                let i = Box::new(Self::instantiate(policy, step).await?);
                 step.instances[0].increment(1);
                 i
             }
@@ -547,12 +545,15 @@ impl Held {
         Ok(inst)
     }
 
-    /// A new instance of `step`'s plugin.
+    /// A new instance of `step`'s plugin. wasmtime's instantiation future
+    /// is large and boxed here: inline, it would size every step's call
+    /// future, which is built and moved at each call, though a new
+    /// instance is rare.
     async fn instantiate(policy: &Policy, step: &PreparedStep) -> Result<Instance, Fault> {
         let (Some(rt), Some(services)) = (&policy.runtime, &policy.services) else {
             return Err(Fault::new(FaultKind::Trap, "no plugin runtime"));
         };
-        rt.instantiate(step.plugin.clone(), services.clone()).await
+        Box::pin(rt.instantiate(step.plugin.clone(), services.clone())).await
     }
 
     /// Runs one step's plugin on an instance as its placement says: an
@@ -584,7 +585,7 @@ impl Held {
                     }
                     None => return Err(Fault::new(FaultKind::Trap, "no instance slot for the plugin")),
                 };
-                let make = async || Box::pin(Self::instantiate(policy, step)).await;
+                let make = async || Self::instantiate(policy, step).await;
                 let call = async |inst: &mut Instance| inst.on_stage(ctx, started, step.config_id, &step.config_json, body).await;
                 let (r, made) = home.with_instance(self.id, make, call).await?;
                 // instances: [new, reused]
