@@ -143,11 +143,14 @@ CF
 # run PORT (smtp-source -d, $MESSAGES messages to postmaster@localhost) SIZE SESSIONS -> prints messages/second
 # With ONE_PER_SESSION=1, every message has its own connection (no -d), as
 # most inbound MX traffic does.
+# With SOURCE_CPU=FILE, smtp-source's own user and system seconds ("U S")
+# are written to FILE.
 run() {
-  local port=$1 size=$2 sessions=$3 start end reuse=-d
+  local port=$1 size=$2 sessions=$3 start end reuse=-d timed=()
   [ "${ONE_PER_SESSION:-}" = 1 ] && reuse=
+  [ -n "${SOURCE_CPU:-}" ] && timed=(/usr/bin/time -o "$SOURCE_CPU" -f "%U %S")
   start=$(date +%s.%N)
-  "${LOAD_CPUS[@]}" smtp-source $reuse -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
+  "${LOAD_CPUS[@]}" "${timed[@]}" smtp-source $reuse -s "$sessions" -m "$MESSAGES" -l "$size" -f bench@example.org \
     -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null
   end=$(date +%s.%N)
   python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"

@@ -7,7 +7,8 @@
 # of what sets the rate.
 #
 #   make plugins && benches/thread-split.sh
-# Environment: MESSAGES (16000), SIZE (1024), SESSIONS (20), ROUNDS (2).
+# Environment: MESSAGES (16000), SIZE (1024), SESSIONS (20), ROUNDS (2),
+# and lib.sh's ONE_PER_SESSION and SPLIT_CORES.
 source "$(dirname "$0")/lib.sh"
 PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
 MESSAGES=${MESSAGES:-16000}; SIZE=${SIZE:-1024}; SESSIONS=${SESSIONS:-20}; ROUNDS=${ROUNDS:-2}
@@ -22,20 +23,17 @@ snap() {
   done | awk '$1 ~ /sessions|queue|kv|epoch/ {v[$1]+=$2; n[$1]+=$3; c[$1]+=$4} END {for (k in v) print k, v[k], n[k], c[k]}' | sort
 }
 
-echo "Weir's threads, $SIZE bytes, $SESSIONS sessions, smtp-source -d, $MESSAGES messages a run; $(versions)"
+echo "Weir's threads, $SIZE bytes, $SESSIONS sessions, $MESSAGES messages a run; $(versions)"
 for p in "$PLAIN" "$PIPE"; do MESSAGES=2000 run "$p" "$SIZE" "$SESSIONS" >/dev/null; done
 for _ in $(seq "$ROUNDS"); do
   for mode in plain pipeline; do
     port=$PLAIN; [ "$mode" = pipeline ] && port=$PIPE
     before=$(snap)
-    t0=$(date +%s.%N)
-    src=$( { /usr/bin/time -f "%U %S" smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@example.org \
-      -t postmaster@localhost -M bench.client "127.0.0.1:$port" >/dev/null; } 2>&1 | tail -1)
-    t1=$(date +%s.%N)
+    rate=$(SOURCE_CPU="$TMP/source-cpu" run "$port" "$SIZE" "$SESSIONS")
     after=$(snap)
     python3 -c "
-m=$MESSAGES; u,s=map(float,'$src'.split())
-print(f'$mode: {m/($t1-$t0):.0f} msg/s; smtp-source {(u+s)/m*1e6:.0f} us CPU a message')"
+u, s = map(float, open('$TMP/source-cpu').read().split()[-2:])
+print(f'$mode: $rate msg/s; smtp-source {(u + s) / $MESSAGES * 1e6:.0f} us CPU a message')"
     join <(echo "$before") <(echo "$after") | awk -v m="$MESSAGES" -v hz="$HZ" \
       '{printf "  %-16s %5.1f us CPU, %.2f voluntary, %.2f involuntary switches a message\n", $1, ($7-$4)/hz/m*1e6, ($5-$2)/m, ($6-$3)/m}'
   done
