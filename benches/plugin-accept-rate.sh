@@ -41,10 +41,11 @@ mode="smtp-source -d"; [ "${ONE_PER_SESSION:-}" = 1 ] && mode="smtp-source, one 
 echo "Accept rate with a 5-plugin pipeline (${PIPELINE:-test plugins}), $mode, $MESSAGES messages per run; $(versions)"
 echo "Weir runs alternate plain/pipeline $ROUNDS times per cell (the disk's fsync time varies from run to run);"
 echo "the table shows the best rate of each, the median of the $ROUNDS runs' pipeline/plain ratios (each"
-echo "pipeline run against the plain run just before it), and the lowest Weir CPU time per message."
+echo "pipeline run against the plain run just before it) with the lowest and highest of them, and the"
+echo "lowest Weir CPU time per message."
 echo
-printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-13s | %-12s | %-11s | %-11s |\n' size sessions "weir msg/s" "weir+5 msg/s" "postfix msg/s" "+5 / plain" "median pair" "+5 / postfix" "CPU/msg" "CPU/msg +5"
-printf '|--------|----------|------------|--------------|---------------|------------|---------------|--------------|-------------|-------------|\n'
+printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-24s | %-12s | %-11s | %-11s |\n' size sessions "weir msg/s" "weir+5 msg/s" "postfix msg/s" "+5 / plain" "median pair (range)" "+5 / postfix" "CPU/msg" "CPU/msg +5"
+printf '|--------|----------|------------|--------------|---------------|------------|--------------------------|--------------|-------------|-------------|\n'
 for size in $SIZES; do
   for sessions in $SESSIONS; do
     for p in "$PLAIN" "$PIPE" "$PF_PORT"; do MESSAGES=200 run "$p" "$size" "$sessions" >/dev/null; done
@@ -58,9 +59,10 @@ for size in $SIZES; do
     paired=$(python3 -c "import sys, statistics
 a = [int(l.split()[0]) for l in sys.argv[1].splitlines() if l.strip()]
 b = [int(l.split()[0]) for l in sys.argv[2].splitlines() if l.strip()]
-print(f'{statistics.median(y / x for x, y in zip(a, b)):.2f}x')" "$plain_runs" "$pipe_runs")
+r = [y / x for x, y in zip(a, b)]
+print(f'{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}x)')" "$plain_runs" "$pipe_runs")
     p=$(run "$PF_PORT" "$size" "$sessions")
-    printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-13s | %-12s | %-11s | %-11s |\n' "$((size / 1024)) KB" "$sessions" "$w" "$wp" "$p" \
+    printf '| %-6s | %-8s | %-10s | %-12s | %-13s | %-10s | %-24s | %-12s | %-11s | %-11s |\n' "$((size / 1024)) KB" "$sessions" "$w" "$wp" "$p" \
       "$(python3 -c "print(f'{$wp / $w:.2f}x')")" "$paired" "$(python3 -c "print(f'{$wp / $p:.2f}x')")" "$wc us" "$wpc us"
   done
 done
