@@ -21,8 +21,12 @@ SPAM_CORPUS ?= ../shared/corpus/spamassassin
 
 all: build
 
+# Debian packages and the wasm target (scripts/setup.sh); then, if another
+# checkout built last in the shared target directory, this checkout's own
+# packages are cleaned so they build from here (scripts/claim-target.sh).
 setup:
 	@scripts/setup.sh
+	@scripts/claim-target.sh
 
 build: setup plugins
 	$(CARGO) build $(PROFILE) --workspace --bins
