@@ -12,8 +12,9 @@
 # plugin directory), so tests ran the other checkout's scripts and
 # policies, or failed on a directory that no longer exists.
 #
-# What: the path of the checkout that built last is kept in
-# $CARGO_TARGET_DIR/.weir-checkout. When it is another one (or unknown),
+# What: the path of the checkout whose `make` set-up ran last is kept in
+# $CARGO_TARGET_DIR/.weir-checkout (a bare `cargo build` elsewhere does not
+# update it). When it is another one (or unknown),
 # the artifacts of this repository's own packages (the server, weir-spam,
 # the SDK, the plugins; native and wasm32-wasip2) are removed, so they are
 # rebuilt from here; dependencies (RocksDB, wasmtime, ...) stay cached.
@@ -27,7 +28,7 @@ here=$(pwd -P)
 [ "$(cat "$stamp" 2>/dev/null || true)" = "$here" ] && exit 0
 
 if [ -d "$CARGO_TARGET_DIR" ]; then
-  echo "claim-target: $CARGO_TARGET_DIR was last built by $(cat "$stamp" 2>/dev/null || echo 'an unknown checkout'); this checkout's own packages will be rebuilt"
+  echo "claim-target: $CARGO_TARGET_DIR was last built from $(cat "$stamp" 2>/dev/null || echo 'an unknown checkout'); this checkout's own packages will be rebuilt"
   # Package names of a workspace's members, as `-p NAME` arguments.
   members() {
     "$CARGO" metadata --no-deps --format-version 1 --manifest-path "$1" |
