@@ -1,6 +1,6 @@
 //! Small helpers most policy plugins need: address parts, domain lists,
-//! IP networks, the address in a From: header, and sliding-window rate
-//! counters on the kv store.
+//! IP networks, the address in a From: header, sliding-window rate
+//! counters on the kv store, and counting a byte in a body.
 
 use std::net::IpAddr;
 
@@ -144,6 +144,31 @@ pub fn window_add(key: &str, window_secs: u64, n: i64) -> f64 {
     cur as f64 + prev as f64 * (1.0 - elapsed)
 }
 
+/// How many times `byte` occurs in `haystack` (e.g. `b'\n'` in a body for
+/// its lines), eight bytes at a time. A byte-by-byte loop costs about half
+/// a nanosecond a byte in a plugin (wasm has no vector instructions unless
+/// built with simd128, and the compiled loop checks the time budget at
+/// every turn), several microseconds for a 10 KB message.
+pub fn count_byte(haystack: &[u8], byte: u8) -> usize {
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let pattern = u64::from_ne_bytes([byte; 8]);
+    let mut words = haystack.chunks_exact(8);
+    let mut n = 0;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        // A byte of x is zero exactly where `byte` was. For each byte v,
+        // (v & 0x7f) + 0x7f sets its high bit when its low seven bits are
+        // not all zero (and cannot carry into the next byte); or-ing v in
+        // adds its own high bit: the high bit stays clear only where v == 0.
+        let x = u64::from_ne_bytes(b) ^ pattern;
+        let nonzero = ((x & LOW7) + LOW7) | x;
+        n += (!nonzero & HIGH).count_ones() as usize;
+    }
+    n + words.remainder().iter().filter(|&&b| b == byte).count()
+}
+
 fn read_counter(key: &str) -> i64 {
     crate::host::kv::get(key).and_then(|v| String::from_utf8(v).ok()?.trim().parse().ok()).unwrap_or(0)
 }
@@ -162,6 +187,24 @@ mod tests {
         assert!(domain_in("Mail.Example.COM", &[".example.com".into()]));
         assert!(!domain_in("badexample.com", &[".example.com".into()]));
         assert!(domain_in("example.com", &["example.com".into()]));
+    }
+
+    #[test]
+    fn count_byte_matches_a_byte_loop() {
+        // Every length around the word size, every position, and bytes
+        // whose other bits could carry (0x80, 0xff, the needle ± 1).
+        let bytes = [b'\n', b'\n' ^ 0x80, 0x0b, 0x09, 0x00, 0x7f, 0x80, 0xff, b'a'];
+        for len in 0..40 {
+            for seed in 0..bytes.len() {
+                let hay: Vec<u8> = (0..len).map(|i| bytes[(i * 7 + seed * 3 + i / 5) % bytes.len()]).collect();
+                for needle in [b'\n', 0x00, 0x80, 0xff] {
+                    let want = hay.iter().filter(|&&b| b == needle).count();
+                    assert_eq!(count_byte(&hay, needle), want, "{hay:?} {needle}");
+                }
+            }
+        }
+        assert_eq!(count_byte(&[b'\n'; 1000], b'\n'), 1000);
+        assert_eq!(count_byte(b"line\r\nline\r\n", b'\n'), 2);
     }
 
     #[test]

@@ -10,8 +10,8 @@ impl Plugin for Stamp {
     const STATELESS: bool = true;
     fn data(&mut self, ctx: &Context) -> Decision {
         let body = host::body::read_all();
-        // Count newlines directly: a split iterator costs several ns a byte in wasm.
-        let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
+        // Word by word: a byte loop costs about 0.5 ns a byte in wasm.
+        let lines = util::count_byte(&body, b'\n') + 1;
         let n = host::kv::incr("messages", 1, Some(3600));
         let client = ctx.tag("client").unwrap_or("none").to_string();
         let size = ctx.envelope.sender_params.iter().find(|p| p.name == "SIZE").and_then(|p| p.value.as_deref()).unwrap_or("none");
