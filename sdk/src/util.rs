@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn count_byte_matches_a_byte_loop() {
-        // Every length around the word size, every position, and bytes
+        // Lengths around the word size, the needle at mixed positions, and bytes
         // whose other bits could carry (0x80, 0xff, the needle ± 1).
         let bytes = [b'\n', b'\n' ^ 0x80, 0x0b, 0x09, 0x00, 0x7f, 0x80, 0xff, b'a'];
         for len in 0..40 {
