@@ -16,7 +16,8 @@ PLAIN=$(free_port); PIPE=$(free_port)
 start_weir_plain_and_piped "$PLAIN" "$PIPE" "$PLUGINS"
 
 # "group voluntary involuntary user_ticks system_ticks" for each thread
-# group (sessions, queue writer, kv writer, epoch ticker). The kernel's own
+# group (sessions, queue writer, kv writer, epoch ticker, RocksDB's
+# flush and compaction threads). The kernel's own
 # user/system split (tick-sampled, scaled to the exact total) is printed
 # beside the total: a cpu-clock `perf record` on this VM put 18 us a message
 # of the pipeline's session time in finish_task_switch, where this split
@@ -24,7 +25,7 @@ start_weir_plain_and_piped "$PLAIN" "$PIPE" "$PLUGINS"
 snap() {
   for t in /proc/"$WEIR_PID"/task/*; do
     echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{n=$2} END{print v, n}' "$t/status") $(awk '{print $14, $15}' "$t/stat")"
-  done | awk '$1 ~ /sessions|queue|kv|epoch/ {v[$1]+=$2; n[$1]+=$3; u[$1]+=$4; y[$1]+=$5} END {for (k in v) print k, v[k], n[k], u[k], y[k]}' | sort
+  done | awk '$1 ~ /sessions|queue|kv|epoch|rocksdb/ {v[$1]+=$2; n[$1]+=$3; u[$1]+=$4; y[$1]+=$5} END {for (k in v) print k, v[k], n[k], u[k], y[k]}' | sort
 }
 
 echo "Weir's threads, $SIZE bytes, $SESSIONS sessions, $MESSAGES messages a run; $(versions)"

@@ -181,7 +181,9 @@ fn find_plain_header<'a>(section: &'a str, name: &str) -> Result<Option<&'a str>
         // Most lines name other fields. One whose first byte `trim` keeps
         // (ASCII, not white space) names `name` only if it begins with it:
         // the rest are passed over without looking for their colon.
-        let first = line.as_bytes()[0];
+        let Some(&first) = line.as_bytes().first() else {
+            continue;
+        };
         if !name.is_empty()
             && first.is_ascii()
             && !char::from(first).is_whitespace()
