@@ -2,8 +2,6 @@
 //! (RFC 3463, announced by ENHANCEDSTATUSCODES, RFC 2034) and text, written
 //! on the wire as one or more lines.
 
-use std::fmt::Write as _;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
@@ -51,21 +49,24 @@ impl Reply {
     /// Appends the wire form to `out`. Text is cleaned of CR and LF so a
     /// value echoed from the client can never inject a reply line.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut s = String::new();
+        // Written straight into `out`, a byte at a time only where a CR or
+        // LF has to go: a reply is written for every command, and building
+        // it char by char in a String of its own cost about 2000
+        // instructions a line.
         let n = self.lines.len().max(1);
+        let code = self.code.min(999);
+        let digits = [b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8];
         for i in 0..n {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
-            let sep = if i + 1 == n { ' ' } else { '-' };
-            let _ = write!(s, "{}{}", self.code, sep);
+            out.extend_from_slice(&digits);
+            out.push(if i + 1 == n { b' ' } else { b'-' });
             if let Some(e) = &self.enhanced {
-                let _ = write!(s, "{e} ");
+                push_clean(out, e);
+                out.push(b' ');
             }
-            for c in text.chars() {
-                s.push(if c == '\r' || c == '\n' { ' ' } else { c });
-            }
-            s.push_str("\r\n");
+            push_clean(out, text);
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(s.as_bytes());
     }
 
     pub fn to_wire(&self) -> String {
@@ -73,6 +74,17 @@ impl Reply {
         self.write_to(&mut v);
         String::from_utf8_lossy(&v).into_owned()
     }
+}
+
+/// Appends `text` with each CR and LF made a space.
+fn push_clean(out: &mut Vec<u8>, text: &str) {
+    let mut rest = text.as_bytes();
+    while let Some(at) = memchr::memchr2(b'\r', b'\n', rest) {
+        out.extend_from_slice(&rest[..at]);
+        out.push(b' ');
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Replies used in more than one place.
@@ -144,5 +156,9 @@ mod tests {
     fn text_cannot_inject_lines() {
         let r = Reply::new(501, "5.5.2", "bad <a\r\n250 ok>");
         assert_eq!(r.to_wire(), "501 5.5.2 bad <a  250 ok>\r\n");
+        let r = Reply { code: 451, enhanced: Some("4.3.0\r\n".into()), lines: vec!["\n\ré".into(), "x\r".into()] };
+        assert_eq!(r.to_wire(), "451-4.3.0     é\r\n451 4.3.0   x \r\n");
+        // No line at all still makes one reply line.
+        assert_eq!(Reply::multiline(220, Vec::new()).to_wire(), "220 \r\n");
     }
 }
