@@ -201,6 +201,7 @@ pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::Con
             queued: queued.clone(),
             policy: reloader.policy.clone(),
             dns: dns.clone(),
+            counters: crate::smtp::counters::ListenerCounters::new(name),
         });
         tracing::info!(listener = %name, bind = %actual, tls = ?l.tls, auth = ?l.auth, "listening");
         bound.push((listener, ctx));

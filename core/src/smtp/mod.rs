@@ -3,6 +3,7 @@
 //! session of one listener shares.
 
 pub mod conn;
+pub mod counters;
 pub mod data;
 pub mod reply;
 pub mod session;
@@ -64,4 +65,6 @@ pub struct ListenerCtx {
     /// The live policy; a session keeps the one it started with.
     pub policy: Arc<crate::policy::PolicyHandle>,
     pub dns: Arc<crate::dns::Dns>,
+    /// The listener's per-message counters.
+    pub counters: counters::ListenerCounters,
 }
