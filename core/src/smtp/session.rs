@@ -4,7 +4,7 @@
 //! listener's limits, and hands a finished transaction to the queue, replying
 //! 250 only once the queue says the message is on disk.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smtp_proto::Request;
@@ -65,6 +65,10 @@ pub struct Session {
     conn: Conn,
     peer: SocketAddr,
     local: SocketAddr,
+    /// `peer`'s address and `local` as text, made once for the session's
+    /// queue records and trace headers.
+    client_ip: String,
+    local_text: String,
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsInfo>,
@@ -92,6 +96,8 @@ impl Session {
             conn,
             peer,
             local,
+            client_ip: peer.ip().to_string(),
+            local_text: local.to_string(),
             helo: None,
             esmtp: false,
             tls: None,
@@ -191,8 +197,7 @@ impl Session {
 
     /// Queues a reply, counting it (and errors) as it goes.
     fn reply(&mut self, r: Reply) {
-        metrics::counter!("weir_replies_total", "listener" => self.ctx.name.clone(), "code" => r.code.to_string())
-            .increment(1);
+        self.ctx.counters.reply(r.code);
         if r.is_permanent_error() {
             self.errors += 1;
         }
@@ -309,7 +314,7 @@ impl Session {
             Err(smtp_proto::Error::UnknownCommand) => "unknown",
             Err(_) => command_word(line),
         };
-        metrics::counter!("weir_commands_total", "listener" => self.ctx.name.clone(), "command" => name).increment(1);
+        self.ctx.counters.command(name);
         let req = match parsed {
             Ok(r) => r,
             Err(e) => {
@@ -878,8 +883,7 @@ impl Session {
                     tracing::info!(id = %id, reason = %q, "quarantined by policy (held)");
                 }
                 self.ctx.queued.notify_one();
-                metrics::counter!("weir_messages_accepted_total", "listener" => self.ctx.name.clone()).increment(1);
-                metrics::counter!("weir_bytes_accepted_total", "listener" => self.ctx.name.clone()).increment(content);
+                self.ctx.counters.accepted(content);
                 tracing::info!(
                     id = %id,
                     listener = %self.ctx.name,
@@ -901,9 +905,9 @@ impl Session {
     fn facts(&self) -> SessionFacts {
         SessionFacts {
             listener: self.ctx.name.clone(),
-            client_ip: self.peer.ip().to_string(),
+            client_ip: self.client_ip.clone(),
             client_port: self.peer.port(),
-            local_addr: self.local.to_string(),
+            local_addr: self.local_text.clone(),
             helo: self.helo.clone().unwrap_or_default(),
             esmtp: self.esmtp,
             tls: self.tls.clone(),
@@ -914,8 +918,22 @@ impl Session {
     /// The Received: trace header (RFC 5321 §4.4), with the protocol name
     /// of RFC 3848 / RFC 6531 (ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS, ...).
     fn received_header(&self, id: &str) -> Vec<u8> {
+        // Pieces pushed onto one buffer: this runs for every message.
+        let mut h = String::with_capacity(320);
+        h.push_str("Received: from ");
+        push_sanitized(&mut h, self.helo.as_deref().unwrap_or("unknown"));
+        h.push_str(" (");
+        if let Some(name) = &self.rdns {
+            push_sanitized(&mut h, name);
+            h.push(' ');
+        }
+        h.push_str(if self.peer.is_ipv4() { "[" } else { "[IPv6:" });
+        h.push_str(&self.client_ip);
+        h.push_str("])\r\n\tby ");
+        h.push_str(&self.ctx.hostname);
+        h.push_str(" (Weir) with ");
         let smtputf8 = self.tx.as_ref().is_some_and(|t| t.smtputf8);
-        let mut proto = String::from(if smtputf8 {
+        h.push_str(if smtputf8 {
             "UTF8SMTP"
         } else if self.esmtp {
             "ESMTP"
@@ -923,30 +941,30 @@ impl Session {
             "SMTP"
         });
         if self.tls.is_some() {
-            proto.push('S');
+            h.push('S');
         }
         if self.auth_user.is_some() {
-            proto.push('A');
+            h.push('A');
         }
-        let helo = sanitize(self.helo.as_deref().unwrap_or("unknown"));
-        let ip = match self.peer.ip() {
-            IpAddr::V4(v4) => format!("[{v4}]"),
-            IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-        };
-        let from = match &self.rdns {
-            Some(name) => format!("{} {ip}", sanitize(name)),
-            None => ip,
-        };
-        let mut h = format!("Received: from {helo} ({from})\r\n\tby {} (Weir) with {proto} id {id}", self.ctx.hostname);
+        h.push_str(" id ");
+        h.push_str(id);
         if let Some(t) = &self.tls {
-            h.push_str(&format!("\r\n\t(using {} with cipher {})", t.version, t.cipher));
+            h.push_str("\r\n\t(using ");
+            h.push_str(&t.version);
+            h.push_str(" with cipher ");
+            h.push_str(&t.cipher);
+            h.push(')');
         }
         if let Some(tx) = &self.tx {
-            if tx.rcpts.len() == 1 {
-                h.push_str(&format!("\r\n\tfor <{}>", sanitize(&tx.rcpts[0].address)));
+            if let [only] = tx.rcpts.as_slice() {
+                h.push_str("\r\n\tfor <");
+                push_sanitized(&mut h, &only.address);
+                h.push('>');
             }
         }
-        h.push_str(&format!(";\r\n\t{}\r\n", chrono::Utc::now().to_rfc2822()));
+        h.push_str(";\r\n\t");
+        h.push_str(&chrono::Utc::now().to_rfc2822());
+        h.push_str("\r\n");
         h.into_bytes()
     }
 
@@ -1206,16 +1224,19 @@ fn syntax_reply(e: smtp_proto::Error, line: &[u8]) -> Reply {
 
 /// Keeps client-supplied text printable and free of header/comment syntax.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .take(255)
-        .map(|c| {
-            if c.is_alphanumeric() || "@.-_+=:[]!#$%&'*/?^`{|}~".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len().min(255));
+    push_sanitized(&mut out, s);
+    out
+}
+
+/// Appends at most 255 characters of `s`, each one that is neither
+/// alphanumeric nor one of a few safe signs made '?'.
+fn push_sanitized(out: &mut String, s: &str) {
+    const SIGNS: &[u8] = b"@.-_+=:[]!#$%&'*/?^`{|}~";
+    for c in s.chars().take(255) {
+        let keep = if c.is_ascii() { c.is_ascii_alphanumeric() || SIGNS.contains(&(c as u8)) } else { c.is_alphanumeric() };
+        out.push(if keep { c } else { '?' });
+    }
 }
 
 /// The ESMTP parameters of a MAIL or RCPT line as the client sent them
@@ -1258,6 +1279,16 @@ fn esmtp_params(line: &[u8]) -> Vec<wit::Param> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitize_keeps_safe_text_and_marks_the_rest() {
+        assert_eq!(sanitize("mx-1.example.org"), "mx-1.example.org");
+        assert_eq!(sanitize("a b(c)\r\n<d>;\"e\\"), "a?b?c????d???e?");
+        assert_eq!(sanitize("[IPv6:::1]user+tag@x"), "[IPv6:::1]user+tag@x");
+        // Letters of other scripts are kept, other signs are not.
+        assert_eq!(sanitize("été→ü"), "été?ü");
+        assert_eq!(sanitize(&"x".repeat(300)).len(), 255);
+    }
 
     #[test]
     fn whole_list_copies_the_kept_part_and_moves_the_rest() {
