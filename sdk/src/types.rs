@@ -138,7 +138,7 @@ pub fn parse_headers(section: &str) -> Vec<Header> {
     let mut out: Vec<Header> = Vec::new();
     // Whether a field has begun, and whether it is kept (has a name).
     let (mut begun, mut kept) = (false, false);
-    for line in section.split_inclusive('\n') {
+    for line in crate::util::lines_inclusive(section) {
         if line == "\r\n" || line == "\n" {
             break;
         }
@@ -169,7 +169,7 @@ pub fn parse_headers(section: &str) -> Vec<Header> {
 /// Err: the value must be unfolded, so ask the parse.
 fn find_plain_header<'a>(section: &'a str, name: &str) -> Result<Option<&'a str>, ()> {
     let mut begun = false;
-    let mut lines = section.split_inclusive('\n').peekable();
+    let mut lines = crate::util::lines_inclusive(section).peekable();
     while let Some(line) = lines.next() {
         if line == "\r\n" || line == "\n" {
             break;
