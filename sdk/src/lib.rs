@@ -15,6 +15,7 @@
 //! Host capabilities are in [`host`]: they call the server when running in
 //! Weir, and the [`testing::Harness`] when the plugin's tests run natively.
 
+pub mod allocator;
 pub mod host;
 pub mod util;
 #[cfg(not(target_arch = "wasm32"))]
@@ -22,6 +23,12 @@ pub mod testing;
 mod types;
 
 pub use types::*;
+
+/// Plugins allocate through [`allocator::SizeClasses`] (on wasm32, with one
+/// thread; the `size-class-alloc` feature, on by default).
+#[cfg(all(feature = "size-class-alloc", target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
 
 /// A stateful plugin's values, one for each session an instance holds
 /// (the export keeps them; public for its tests).
