@@ -8,6 +8,9 @@
 # Timed rates on a shared VM move by ±20% from run to run; these counts
 # move by about 1%, so a change to the message path can be measured here
 # by itself. They are not a rate: a cache miss costs no more than an add.
+# Under valgrind the plugins' memories are bounds-checked (it cannot give
+# every instance the 4 GiB reservation that makes checks unneeded), so the
+# plugin code takes more instructions here than in production.
 #
 #   make plugins && benches/instructions.sh
 # Environment: MESSAGES (1000), SIZE (1024), SESSIONS (4), PIPELINE (see

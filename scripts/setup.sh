@@ -8,13 +8,14 @@
 #    python3-nacl (an independent DKIM verifier, RSA and Ed25519), openssl
 #    (test signing keys), dnsmasq-base
 #    (a DNS server on loopback serving test MX records), time (GNU time:
-#    the load generator's own CPU in benches/thread-split.sh).
+#    the load generator's own CPU in benches/thread-split.sh), valgrind
+#    (benches/instructions.sh counts instructions a message with callgrind).
 #  - the wasm32-wasip2 Rust target (plugins are built for it).
 # Safe to run again: it only calls apt-get when a package is missing.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev postfix swaks libnet-ssleay-perl python3 python3-aiosmtpd python3-dkim python3-nacl openssl dnsmasq-base time; do
+for pkg in clang libclang-dev postfix swaks libnet-ssleay-perl python3 python3-aiosmtpd python3-dkim python3-nacl openssl dnsmasq-base time valgrind; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     need+=("$pkg")
   fi
