@@ -207,6 +207,19 @@ pipelines:
         let stamped = String::from_utf8_lossy(&s.queue_raw(&queued_id(&send("stamp")))).to_string();
         assert!(stamped.contains("X-Weir-Stamp: n=1 lines="), "{stamped}");
         assert!(!stamped.contains("X-Internal"), "{stamped}");
+        // The stamp counts the message's lines with the SDK's vector loop:
+        // a message longer than its 4080-byte round, with a ragged end, and
+        // empty lines enough to fill a lane's count past 255.
+        let body: String = (0..900).map(|i| format!("{}\r\n", "x".repeat(i % 23))).collect::<String>() + &"\r\n".repeat(3000);
+        let mut c = Smtp::connect(s.port("stamp"));
+        c.cmd("EHLO client.test").is(250, "");
+        let reply = c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: long\r\nX-Internal: x\r\n\r\n{body}"));
+        let raw = String::from_utf8_lossy(&s.queue_raw(&queued_id(&reply))).to_string();
+        let stamp = &raw[raw.find("X-Weir-Stamp: ").expect("stamped")..];
+        let field_lines = 1 + stamp.split("\r\n").skip(1).take_while(|l| l.starts_with([' ', '\t'])).count();
+        let counted: usize = stamp.split("lines=").nth(1).and_then(|v| v.split([' ', '\r']).next()).and_then(|n| n.parse().ok()).expect("lines=");
+        // What the plugin read: this message less its own field, with X-Internal.
+        assert_eq!(counted, raw.matches('\n').count() - field_lines + 1 + 1, "{stamp}");
     }
 }
 
