@@ -162,23 +162,24 @@ pub fn count_byte(haystack: &[u8], byte: u8) -> usize {
 /// [`count_byte`] eight bytes at a time, in plain integer operations.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 fn count_byte_by_words(haystack: &[u8], byte: u8) -> usize {
-    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let pattern = u64::from_ne_bytes([byte; 8]);
     let mut words = haystack.chunks_exact(8);
-    let mut n = 0;
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        // A byte of x is zero exactly where `byte` was. For each byte v,
-        // (v & 0x7f) + 0x7f sets its high bit when its low seven bits are
-        // not all zero (and cannot carry into the next byte); or-ing v in
-        // adds its own high bit: the high bit stays clear only where v == 0.
-        let x = u64::from_ne_bytes(b) ^ pattern;
-        let nonzero = ((x & LOW7) + LOW7) | x;
-        n += (!nonzero & HIGH).count_ones() as usize;
-    }
+    let n: usize = words.by_ref().map(|w| matches_in_word(w, byte).count_ones() as usize).sum();
     n + words.remainder().iter().filter(|&&b| b == byte).count()
+}
+
+/// The high bit of each byte of `word` (eight bytes, read little-endian)
+/// that is `byte`, and no other bit.
+fn matches_in_word(word: &[u8], byte: u8) -> u64 {
+    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(word);
+    // A byte of x is zero exactly where `byte` was. For each byte v,
+    // (v & 0x7f) + 0x7f sets its high bit when its low seven bits are not
+    // all zero (and cannot carry into the next byte); or-ing v in adds its
+    // own high bit: the high bit stays clear only where v == 0.
+    let x = u64::from_le_bytes(b) ^ u64::from_le_bytes([byte; 8]);
+    !(((x & LOW7) + LOW7) | x) & HIGH
 }
 
 /// WebAssembly's 128-bit vector instructions, in this function only (the
@@ -221,18 +222,11 @@ mod simd {
 /// [`count_byte`]): a line's end in a header section or a body, faster
 /// than `memchr`, which wasm32 runs four bytes at a time.
 pub fn find_byte(haystack: &[u8], byte: u8) -> Option<usize> {
-    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    let pattern = u64::from_le_bytes([byte; 8]);
     let mut words = haystack.chunks_exact(8);
     let mut at = 0;
     for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        let x = u64::from_le_bytes(b) ^ pattern;
-        // The high bit of each byte that was `byte` (as in count_byte);
-        // little-endian, so the lowest set bit is the first such byte.
-        let found = !(((x & LOW7) + LOW7) | x) & HIGH;
+        // Little-endian: the lowest bit set marks the first match.
+        let found = matches_in_word(w, byte);
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
