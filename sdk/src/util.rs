@@ -147,9 +147,8 @@ pub fn window_add(key: &str, window_secs: u64, n: i64) -> f64 {
 /// How many times `byte` occurs in `haystack` (e.g. `b'\n'` in a body for
 /// its lines), sixteen bytes at a time in a plugin (WebAssembly's vector
 /// instructions), eight natively. A byte-by-byte loop costs about half
-/// a nanosecond a byte in a plugin (wasm has no vector instructions unless
-/// built with simd128, and the compiled loop checks the time budget at
-/// every turn), several microseconds for a 10 KB message.
+/// a nanosecond a byte in a plugin (the compiled loop checks the time
+/// budget at every turn), several microseconds for a 10 KB message.
 pub fn count_byte(haystack: &[u8], byte: u8) -> usize {
     #[cfg(target_arch = "wasm32")]
     {
