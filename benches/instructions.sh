@@ -30,24 +30,16 @@ weir_yaml "$PLAIN" "$TMP/weir-data" "delivery:
   enabled: false
 plugin_runtime:
   max_instances: 16
-$(five_plugins "$PLUGINS")" "  piped:
-    bind: 127.0.0.1:$PIPE
-    tls: none
-    auth: none
-    pipeline: five
-    limits:
-      max_connections_per_ip: 1000" > "$TMP/weir.yaml"
+$(five_plugins "$PLUGINS")" "$(piped_listener "$PIPE")" > "$TMP/weir.yaml"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.%p" \
   "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
 VG=$!
 PIDS+=("$VG")
-for _ in $(seq 1 600); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1',$PIPE),1)" 2>/dev/null && break
-  sleep 0.2
-done
+# Under valgrind the server takes seconds to start: wait up to a minute.
+wait_port "$PIPE" 1200
 
-send() { # PORT COUNT
-  smtp-source -d -s "$SESSIONS" -m "$2" -l "$SIZE" -f bench@example.org -t postmaster@localhost -M bench.client "127.0.0.1:$1" >/dev/null
+send() { # PORT COUNT (lib.sh's run: smtp-source -d, SESSIONS at once)
+  MESSAGES=$2 run "$1" "$SIZE" "$SESSIONS" >/dev/null
 }
 # One mode: warm-up uncounted, then MESSAGES counted, dumped to its own file.
 count() { # PORT NAME

@@ -31,8 +31,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# wait_port PORT [TRIES]: until something listens on PORT, TRIES times
+# 50 ms apart (200: ten seconds), else fail.
 wait_port() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 "${2:-200}"); do
     if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -89,14 +91,22 @@ start_weir() {
 start_weir_plain_and_piped() {
   start_weir "$1" "delivery:
   enabled: false
-$(five_plugins "$3")" "  piped:
-    bind: 127.0.0.1:$2
+$(five_plugins "$3")" "$(piped_listener "$2")"
+  wait_port "$2"
+}
+
+# piped_listener PORT: the YAML of the listener `piped` on PORT, which runs
+# the five-plugin pipeline.
+piped_listener() {
+  cat <<YAML
+  piped:
+    bind: 127.0.0.1:$1
     tls: none
     auth: none
     pipeline: five
     limits:
-      max_connections_per_ip: 1000"
-  wait_port "$2"
+      max_connections_per_ip: 1000
+YAML
 }
 
 # start_postfix PORT [RELAYHOST]: a private Postfix instance (the system's is

@@ -44,11 +44,10 @@ impl ListenerCounters {
 
     /// Counts a command by its name (`Request::name`, or "unknown").
     pub fn command(&self, name: &'static str) {
+        let make = || metrics::counter!("weir_commands_total", "listener" => self.listener.clone(), "command" => name);
         match COMMANDS.iter().position(|c| *c == name).and_then(|i| self.commands.get(i)) {
-            Some(cell) => cell
-                .get_or_init(|| metrics::counter!("weir_commands_total", "listener" => self.listener.clone(), "command" => name))
-                .increment(1),
-            None => metrics::counter!("weir_commands_total", "listener" => self.listener.clone(), "command" => name).increment(1),
+            Some(cell) => cell.get_or_init(make).increment(1),
+            None => make().increment(1),
         }
     }
 

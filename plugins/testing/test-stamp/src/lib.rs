@@ -10,7 +10,7 @@ impl Plugin for Stamp {
     const STATELESS: bool = true;
     fn data(&mut self, ctx: &Context) -> Decision {
         let body = host::body::read_all();
-        // Word by word: a byte loop costs about 0.5 ns a byte in wasm.
+        // The SDK counts sixteen bytes a step; a byte loop costs about 0.5 ns a byte in wasm.
         let lines = util::count_byte(&body, b'\n') + 1;
         let n = host::kv::incr("messages", 1, Some(3600));
         let client = ctx.tag("client").unwrap_or("none").to_string();
