@@ -52,8 +52,14 @@ struct Shard {
     cache: HashMap<Vec<u8>, Cached>,
     /// The size at which clean entries are dropped next.
     limit: usize,
-    /// Writes not yet in RocksDB, in order: the stored form, or None to delete.
+    /// Writes not yet in RocksDB: the stored form, or None to delete. One
+    /// entry a key: a key written again before the writer took the list
+    /// (a counter at every message) has its entry overwritten, so RocksDB
+    /// gets the last value once rather than every step on the way.
     pending: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// How many times the writer has taken `pending`: a `Cached::slot`
+    /// counts only while this has not moved on.
+    taken: u64,
 }
 
 struct Cached {
@@ -61,6 +67,9 @@ struct Cached {
     raw: Option<Vec<u8>>,
     /// The writer generation that wrote it; 0 for what was read from RocksDB.
     generation: u64,
+    /// Its entry in the shard's `pending` (the shard's `taken`, the index),
+    /// while that list has not been taken.
+    slot: Option<(u64, usize)>,
 }
 
 fn key(plugin: &str, k: &str) -> Vec<u8> {
@@ -119,6 +128,7 @@ impl Kv {
                         cache: HashMap::new(),
                         limit: SHARD_CAPACITY,
                         pending: Vec::new(),
+                        taken: 0,
                     })
                 })
                 .collect(),
@@ -196,7 +206,7 @@ impl Inner {
                 None => None,
             };
             self.make_room(shard);
-            shard.cache.insert(key.clone(), Cached { raw, generation: 0 });
+            shard.cache.insert(key.clone(), Cached { raw, generation: 0, slot: None });
         }
         shard.cache.get(&key).and_then(|c| c.raw.as_deref())
     }
@@ -208,11 +218,23 @@ impl Inner {
 
     fn write_locked(&self, shard: &mut Shard, key: Vec<u8>, raw: Option<Vec<u8>>) {
         let generation = self.generation.load(Ordering::Acquire);
-        shard.pending.push((key.clone(), raw.clone()));
-        if !shard.cache.contains_key(&key) {
+        let taken = shard.taken;
+        if let Some(c) = shard.cache.get_mut(&key) {
+            if let Some((t, i)) = c.slot {
+                if t == taken {
+                    // Still unwritten: the new value replaces it in the list.
+                    shard.pending[i].1.clone_from(&raw);
+                    c.raw = raw;
+                    c.generation = generation;
+                    return;
+                }
+            }
+        } else {
             self.make_room(shard);
         }
-        shard.cache.insert(key, Cached { raw, generation });
+        shard.pending.push((key.clone(), raw.clone()));
+        let slot = Some((taken, shard.pending.len() - 1));
+        shard.cache.insert(key, Cached { raw, generation, slot });
         if shard.pending.len() >= PENDING_WAKE {
             if let Some(t) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 t.unpark();
@@ -242,7 +264,11 @@ impl Inner {
         };
         let mut n = 0;
         for s in &self.shards {
-            let pending = std::mem::take(&mut s.lock().unwrap_or_else(|p| p.into_inner()).pending);
+            let pending = {
+                let mut shard = s.lock().unwrap_or_else(|p| p.into_inner());
+                shard.taken += 1;
+                std::mem::take(&mut shard.pending)
+            };
             n += pending.len();
             for (k, raw) in pending {
                 match raw {
@@ -327,6 +353,34 @@ mod tests {
         assert_eq!(kv.incr("p", "count", 1, None), 4);
         assert_eq!(kv.get("p", "gone"), None);
         assert_eq!(kv.get("p", "late").as_deref(), Some(&b"at shutdown"[..]));
+    }
+
+    #[test]
+    fn a_key_written_again_before_a_flush_is_written_once_with_its_last_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open_with(dir.path(), false).unwrap();
+        let pending = |kv: &Kv| kv.inner.shards.iter().map(|s| s.lock().unwrap().pending.len()).sum::<usize>();
+        let stored = |kv: &Kv, k: &str| {
+            let cf = kv.inner.db.cf_handle(CF_KV).unwrap();
+            kv.inner.db.get_cf(cf, key("p", k)).unwrap().and_then(|raw| decode(&raw).map(|(_, v)| v.to_vec()))
+        };
+        for _ in 0..1000 {
+            kv.incr("p", "count", 1, None);
+        }
+        kv.set("p", "other", b"x", None);
+        kv.delete("p", "other");
+        assert_eq!(pending(&kv), 2, "one entry a key");
+        kv.flush();
+        assert_eq!(stored(&kv, "count"), Some(b"1000".to_vec()));
+        assert_eq!(stored(&kv, "other"), None, "the delete, the last write, is what was written");
+        // After the writer took the list, a write starts a new entry.
+        kv.incr("p", "count", 1, None);
+        kv.set("p", "other", b"y", None);
+        assert_eq!(pending(&kv), 2);
+        kv.flush();
+        assert_eq!(stored(&kv, "count"), Some(b"1001".to_vec()));
+        assert_eq!(stored(&kv, "other"), Some(b"y".to_vec()));
+        assert_eq!(kv.incr("p", "count", 1, None), 1002);
     }
 
     #[test]
