@@ -14,13 +14,15 @@
 #
 #   make plugins && benches/instructions.sh
 # Environment: MESSAGES (1000), SIZE (1024), SESSIONS (4), PIPELINE (see
-# lib.sh), KEEP=DIR keeps the callgrind files for callgrind_annotate.
+# lib.sh), KEEP=DIR keeps the callgrind files for callgrind_annotate,
+# PLUGINS=DIR takes the plugins from DIR instead of plugins/build (unstripped
+# builds, with WEIR_PLUGIN_PERFMAP=1, name the plugins' functions).
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { echo "valgrind missing (apt-get install valgrind)" >&2; exit 1; }
 MESSAGES=${MESSAGES:-1000}
 SIZE=${SIZE:-1024}
 SESSIONS=${SESSIONS:-4}
-PLUGINS=$(cd "$(dirname "$0")/../plugins/build" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
+PLUGINS=$(cd "${PLUGINS:-$(dirname "$0")/../plugins/build}" 2>/dev/null && pwd) || { echo "run make plugins first" >&2; exit 1; }
 OUT=${KEEP:-$TMP/callgrind}
 mkdir -p "$OUT"
 
