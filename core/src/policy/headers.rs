@@ -9,7 +9,12 @@ use crate::plugin::wit;
 /// Where a message's header section ends: just after the CRLF of its last
 /// field (the whole message when there is no empty line).
 pub fn header_block_end(body: &[u8]) -> usize {
-    memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len())
+    // One searcher for the life of the process: building it (choosing and
+    // setting up a vector searcher) cost more than the search itself in a
+    // section of a few hundred octets.
+    static EMPTY_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    EMPTY_LINE.find(body).map(|p| p + 2).unwrap_or(body.len())
 }
 
 /// `bytes` as text, bytes that are not UTF-8 replaced. Checking UTF-8
@@ -30,8 +35,11 @@ fn fields(block: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
     // Where the current field began.
     let mut field_start = 0;
     let mut pos = 0;
-    for line in block.split_inclusive(|b| *b == b'\n') {
-        let end = pos + line.len();
+    // Each line with its line feed (the last one may lack it), found with
+    // memchr rather than a byte-by-byte split.
+    let mut ends = memchr::memchr_iter(b'\n', block).map(|i| i + 1).chain((block.last() != Some(&b'\n')).then_some(block.len()));
+    while let Some(end) = ends.next().filter(|_| pos < block.len()) {
+        let line = &block[pos..end];
         if (line.starts_with(b" ") || line.starts_with(b"\t")) && !out.is_empty() {
             if let Some(last) = out.last_mut() {
                 last.1 = Cow::Borrowed(&block[field_start..end]);
@@ -39,7 +47,7 @@ fn fields(block: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
             pos = end;
             continue;
         }
-        let name = match line.iter().position(|b| *b == b':') {
+        let name = match memchr::memchr(b':', line) {
             Some(p) => match lossy(&line[..p]) {
                 Cow::Borrowed(n) => Cow::Borrowed(n.trim()),
                 Cow::Owned(n) => Cow::Owned(n.trim().to_string()),
@@ -77,7 +85,9 @@ fn valid_name(n: &str) -> bool {
 /// they are.
 fn prefolded(value: &str) -> bool {
     let b = value.as_bytes();
-    value.contains("\r\n")
+    // Most values have no CR at all: one memchr says so.
+    memchr::memchr(b'\r', b).is_some()
+        && value.contains("\r\n")
         && b.iter().enumerate().all(|(i, c)| match c {
             b'\r' => b.get(i + 1) == Some(&b'\n') && matches!(b.get(i + 2), Some(b' ' | b'\t')),
             b'\n' => i > 0 && b[i - 1] == b'\r',
@@ -101,7 +111,19 @@ fn field(name: &str, value: &str) -> Vec<u8> {
     out.push_str(name);
     out.push(':');
     let mut line_len = out.len();
-    for word in clean.split(' ').filter(|w| !w.is_empty()) {
+    // The words between spaces (tabs stay inside words), found byte by
+    // byte: `str::split(' ')` made a memchr call for each word.
+    let bytes = clean.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        if bytes[start] == b' ' {
+            start += 1;
+            continue;
+        }
+        let end = bytes[start..].iter().position(|&b| b == b' ').map_or(bytes.len(), |i| start + i);
+        // Cut at ASCII spaces: character boundaries.
+        let word = &clean[start..end];
+        start = end;
         if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
             out.push_str("\r\n\t");
             line_len = 1;
@@ -212,6 +234,20 @@ mod tests {
             assert_eq!(f.split_whitespace().skip(1).collect::<Vec<_>>().join(" "), value, "nothing but the folding changes");
         }
         assert_eq!(field("X-Tab", "a\tb  c "), b"X-Tab: a\tb c\r\n");
+    }
+
+    #[test]
+    fn fields_cover_the_block_whatever_its_last_line() {
+        for block in [&b""[..], b"A: 1\r\n", b"A: 1\r\n b\r\nB: 2", b"\r\nA: 1\n\tx\nno colon\n", b"A: 1\r\nB"] {
+            let fs = fields(block);
+            let whole: Vec<u8> = fs.iter().flat_map(|(_, raw)| raw.iter().copied()).collect();
+            assert_eq!(whole, block, "{:?}", String::from_utf8_lossy(block));
+            // What split_inclusive makes of the lines, continuations joined.
+            let starts = block.split_inclusive(|b| *b == b'\n').filter(|l| !(l.starts_with(b" ") || l.starts_with(b"\t"))).count();
+            assert_eq!(fs.len(), starts, "{:?}", String::from_utf8_lossy(block));
+        }
+        let names: Vec<String> = fields(b"A: 1\r\n b\r\nB: 2").into_iter().map(|(n, _)| n.into_owned()).collect();
+        assert_eq!(names, ["A", "B"]);
     }
 
     #[test]

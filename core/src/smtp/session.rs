@@ -1248,12 +1248,14 @@ fn esmtp_params(line: &[u8]) -> Vec<wit::Param> {
         Some(open) => {
             // The path's end: the first '>' outside a quoted local part.
             let (mut quoted, mut escaped, mut end) = (false, false, None);
-            for (i, ch) in text[open + 1..].char_indices() {
-                match ch {
+            // Byte by byte: what matters is ASCII, and no byte of a
+            // multi-byte character is.
+            for (i, b) in text.as_bytes()[open + 1..].iter().enumerate() {
+                match b {
                     _ if escaped => escaped = false,
-                    '\\' => escaped = true,
-                    '"' => quoted = !quoted,
-                    '>' if !quoted => {
+                    b'\\' => escaped = true,
+                    b'"' => quoted = !quoted,
+                    b'>' if !quoted => {
                         end = Some(open + 1 + i + 1);
                         break;
                     }
