@@ -80,6 +80,13 @@ fn key(plugin: &str, k: &str) -> Vec<u8> {
     v
 }
 
+/// The shard a key belongs to. FNV-1a: cheap, and keys are the plugin's
+/// own, not an attacker's to collide (a collision only shares a lock).
+fn shard_index(key: &[u8]) -> usize {
+    let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+    (h as usize) % SHARDS
+}
+
 fn now_s() -> u64 {
     crate::queue::id::now_ms() / 1000
 }
@@ -189,10 +196,7 @@ impl Kv {
 
 impl Inner {
     fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
-        // FNV-1a: cheap, and keys are the plugin's own, not an attacker's
-        // to collide (a collision only shares a lock).
-        let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
-        self.shards[(h as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[shard_index(key)].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The stored form of `key` (None: absent), from the cache or RocksDB.
@@ -221,9 +225,9 @@ impl Inner {
         let taken = shard.taken;
         if let Some(c) = shard.cache.get_mut(&key) {
             if let Some((t, i)) = c.slot {
-                if t == taken {
+                if let (true, Some(entry)) = (t == taken, shard.pending.get_mut(i)) {
                     // Still unwritten: the new value replaces it in the list.
-                    shard.pending[i].1.clone_from(&raw);
+                    entry.1.clone_from(&raw);
                     c.raw = raw;
                     c.generation = generation;
                     return;
@@ -364,22 +368,27 @@ mod tests {
             let cf = kv.inner.db.cf_handle(CF_KV).unwrap();
             kv.inner.db.get_cf(cf, key("p", k)).unwrap().and_then(|raw| decode(&raw).map(|(_, v)| v.to_vec()))
         };
+        // Another key of the same shard, so the two share one list.
+        let other = (0..).map(|i| format!("other{i}")).find(|k| shard_index(&key("p", k)) == shard_index(&key("p", "count"))).unwrap();
+        let other = other.as_str();
         for _ in 0..1000 {
             kv.incr("p", "count", 1, None);
         }
-        kv.set("p", "other", b"x", None);
-        kv.delete("p", "other");
+        kv.set("p", other, b"x", None);
+        kv.delete("p", other);
         assert_eq!(pending(&kv), 2, "one entry a key");
         kv.flush();
         assert_eq!(stored(&kv, "count"), Some(b"1000".to_vec()));
-        assert_eq!(stored(&kv, "other"), None, "the delete, the last write, is what was written");
-        // After the writer took the list, a write starts a new entry.
+        assert_eq!(stored(&kv, other), None, "the delete, the last write, is what was written");
+        // After the writer took the list, a write starts a new entry, even
+        // where the old list's index is taken again (by the other key here:
+        // "count" had index 0 of the old list, the other key has it now).
+        kv.set("p", other, b"y", None);
         kv.incr("p", "count", 1, None);
-        kv.set("p", "other", b"y", None);
         assert_eq!(pending(&kv), 2);
         kv.flush();
         assert_eq!(stored(&kv, "count"), Some(b"1001".to_vec()));
-        assert_eq!(stored(&kv, "other"), Some(b"y".to_vec()));
+        assert_eq!(stored(&kv, other), Some(b"y".to_vec()));
         assert_eq!(kv.incr("p", "count", 1, None), 1002);
     }
 
