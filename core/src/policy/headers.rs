@@ -37,8 +37,8 @@ fn fields(block: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, [u8]>)> {
     let mut pos = 0;
     // Each line with its line feed (the last one may lack it), found with
     // memchr rather than a byte-by-byte split.
-    let mut ends = memchr::memchr_iter(b'\n', block).map(|i| i + 1).chain((block.last() != Some(&b'\n')).then_some(block.len()));
-    while let Some(end) = ends.next().filter(|_| pos < block.len()) {
+    let last = block.last().is_some_and(|b| *b != b'\n').then_some(block.len());
+    for end in memchr::memchr_iter(b'\n', block).map(|i| i + 1).chain(last) {
         let line = &block[pos..end];
         if (line.starts_with(b" ") || line.starts_with(b"\t")) && !out.is_empty() {
             if let Some(last) = out.last_mut() {
@@ -85,9 +85,9 @@ fn valid_name(n: &str) -> bool {
 /// they are.
 fn prefolded(value: &str) -> bool {
     let b = value.as_bytes();
-    // Most values have no CR at all: one memchr says so.
+    // Most values have no CR at all: one memchr says so. (With one, the
+    // check below makes every CR the start of a CRLF.)
     memchr::memchr(b'\r', b).is_some()
-        && value.contains("\r\n")
         && b.iter().enumerate().all(|(i, c)| match c {
             b'\r' => b.get(i + 1) == Some(&b'\n') && matches!(b.get(i + 2), Some(b' ' | b'\t')),
             b'\n' => i > 0 && b[i - 1] == b'\r',
