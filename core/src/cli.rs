@@ -443,6 +443,7 @@ fn queue(cmd: QueueCommand) -> Result<(), Failure> {
                 .filter(|m| older_than.is_none_or(|age| now - m.received_at >= age.as_secs() as i64))
                 .collect();
             if json {
+                let list = list.iter().map(MessageMeta::to_json).collect::<serde_json::Result<Vec<_>>>().map_err(anyhow::Error::from)?;
                 println!("{}", serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?);
             } else {
                 print_table(&list);
@@ -456,7 +457,7 @@ fn queue(cmd: QueueCommand) -> Result<(), Failure> {
             }
             let m = access.show(&id)?.ok_or_else(|| not_found(&id))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&m).map_err(anyhow::Error::from)?);
+                println!("{}", serde_json::to_string_pretty(&m.to_json().map_err(anyhow::Error::from)?).map_err(anyhow::Error::from)?);
             } else {
                 print_message(&m);
             }

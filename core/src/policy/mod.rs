@@ -36,11 +36,14 @@ pub struct DecisionRecord {
     /// continue, accept, reject, tempfail, discard, quarantine, disconnect,
     /// or fault:<kind> (then `applied` says what on_error made of it).
     pub verdict: Cow<'static, str>,
+    pub micros: u64,
+    // The optional fields last: the queue stores a record as an array
+    // (`queue::message::stored_trail`), read back by this derive in field
+    // order, and leaves off the trailing ones a record lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-    pub micros: u64,
 }
 
 /// An `Arc<str>` as a plain string in the stored form.

@@ -194,8 +194,9 @@ pub struct MessageMeta {
     /// A delay notice was already sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
-    /// Every policy step's decision for this message (and its session).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Every policy step's decision for this message (and its session):
+    /// stored as arrays, shown as objects ([`MessageMeta::to_json`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", serialize_with = "stored_trail::serialize")]
     pub decisions: Vec<crate::policy::DecisionRecord>,
     /// Tags set by policy steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -209,6 +210,17 @@ pub struct MessageMeta {
 }
 
 impl MessageMeta {
+    /// The record as operators read it (`weir queue show --json`, `queue
+    /// list --json`): as stored, but each decision an object with its
+    /// field names.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(d) = v.get_mut("decisions") {
+            *d = serde_json::to_value(&self.decisions)?;
+        }
+        Ok(v)
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
         self.recipients
             .iter()
@@ -225,6 +237,50 @@ impl MessageMeta {
         if self.history.len() > MAX_HISTORY {
             let excess = self.history.len() - MAX_HISTORY;
             self.history.drain(..excess);
+        }
+    }
+}
+
+/// The decision trail as the queue stores it: each record an array,
+/// `[plugin, stage, verdict, micros, reason, recipient]`, without the
+/// trailing fields a record lacks (a reason of null when only the recipient
+/// is there). Six records a message are the most of a pipeline's addition
+/// to the stored record: as objects, their field names were most of their
+/// bytes and of serde_json's escaping work, at every message. Read back by
+/// `DecisionRecord`'s derived `Deserialize`, which takes the array in field
+/// order as well as the object form of older records.
+mod stored_trail {
+    use serde::ser::{SerializeSeq, SerializeTuple};
+    use serde::{Serialize, Serializer};
+
+    use crate::policy::DecisionRecord;
+
+    pub fn serialize<S: Serializer>(trail: &[DecisionRecord], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(trail.len()))?;
+        for d in trail {
+            seq.serialize_element(&Stored(d))?;
+        }
+        seq.end()
+    }
+
+    struct Stored<'a>(&'a DecisionRecord);
+
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let d = self.0;
+            let len = if d.recipient.is_some() { 6 } else if d.reason.is_some() { 5 } else { 4 };
+            let mut t = s.serialize_tuple(len)?;
+            t.serialize_element(&*d.plugin)?;
+            t.serialize_element(&d.stage)?;
+            t.serialize_element(&d.verdict)?;
+            t.serialize_element(&d.micros)?;
+            if len > 4 {
+                t.serialize_element(&d.reason)?;
+            }
+            if len > 5 {
+                t.serialize_element(&d.recipient)?;
+            }
+            t.end()
         }
     }
 }

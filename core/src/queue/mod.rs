@@ -395,7 +395,7 @@ fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteReq>) {
 /// of a record (serde_json's own starts at 128 bytes and grew three times
 /// a message, each a copy).
 fn encode_meta(meta: &MessageMeta) -> Result<Vec<u8>> {
-    let guess = 512 + meta.recipients.len() * 96 + meta.decisions.len() * 112;
+    let guess = 512 + meta.recipients.len() * 96 + meta.decisions.len() * 56;
     let mut out = Vec::with_capacity(guess);
     serde_json::to_writer(&mut out, meta)?;
     Ok(out)
@@ -469,6 +469,61 @@ mod tests {
             symbols: Vec::new(),
             quarantine: None,
         }
+    }
+
+    fn decision(plugin: &str, stage: crate::policy::types::StageName, reason: Option<&str>, recipient: Option<&str>) -> crate::policy::DecisionRecord {
+        crate::policy::DecisionRecord {
+            plugin: plugin.into(),
+            stage,
+            verdict: "continue".into(),
+            micros: 68,
+            reason: reason.map(String::from),
+            recipient: recipient.map(String::from),
+        }
+    }
+
+    /// The trail is stored as arrays, read back whole, shown as objects;
+    /// a record stored with the object form (before the arrays) still reads.
+    #[tokio::test]
+    async fn the_decision_trail_is_stored_as_arrays_and_shown_as_objects() {
+        use crate::policy::types::StageName;
+        let mut m = meta("00000000000000000001");
+        m.decisions = vec![
+            decision("conn", StageName::Connect, None, None),
+            decision("stamp", StageName::Data, Some("stamped \"1\""), None),
+            decision("rcpt", StageName::RcptTo, None, Some("b@example.org")),
+            decision("router", StageName::RcptTo, Some("route mx"), Some("b@example.org")),
+        ];
+        let stored = String::from_utf8(encode_meta(&m).unwrap()).unwrap();
+        assert!(
+            stored.contains(concat!(
+                r#""decisions":[["conn","connect","continue",68],["stamp","data","continue",68,"stamped \"1\""],"#,
+                r#"["rcpt","rcpt_to","continue",68,null,"b@example.org"],["router","rcpt_to","continue",68,"route mx","b@example.org"]]"#
+            )),
+            "{stored}"
+        );
+        assert_eq!(serde_json::from_str::<MessageMeta>(&stored).unwrap(), m);
+
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        q.insert(&m, b"hello".to_vec()).await.unwrap();
+        assert_eq!(q.get(&m.id).unwrap().unwrap(), m);
+
+        let shown = m.to_json().unwrap();
+        assert_eq!(shown["decisions"][0], serde_json::json!({"plugin": "conn", "stage": "connect", "verdict": "continue", "micros": 68}));
+        assert_eq!(shown["decisions"][2]["recipient"], "b@example.org");
+        assert_eq!(shown["decisions"][3]["reason"], "route mx");
+        // The stored form but for the trail.
+        let mut rest = shown.clone();
+        rest.as_object_mut().unwrap().remove("decisions");
+        let mut stored_rest: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        stored_rest.as_object_mut().unwrap().remove("decisions");
+        assert_eq!(rest, stored_rest);
+
+        // The object form, as records were stored before.
+        let mut old: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        old["decisions"] = shown["decisions"].clone();
+        assert_eq!(serde_json::from_value::<MessageMeta>(old).unwrap(), m);
     }
 
     #[tokio::test]
