@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// `smtp::threads`): None, one per core; 0, sessions run on the shared
     /// work-stealing runtime instead.
     pub session_threads: Option<usize>,
+    /// How long the queue may hold a sync for messages whose policy steps
+    /// are still running, to sync them in the same batch (group commit);
+    /// 0 syncs every batch at once.
+    #[serde(with = "humantime_serde")]
+    pub commit_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +83,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Duration::from_secs(30),
             session_threads: None,
+            commit_wait: crate::queue::DEFAULT_COMMIT_WAIT,
         }
     }
 }

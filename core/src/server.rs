@@ -142,7 +142,7 @@ impl Reloader {
 pub async fn serve(config: Config, data_dir: PathBuf, origin: crate::policy::ConfigOrigin) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     crate::metrics::install(&config.metrics)?;
-    let queue = Arc::new(Queue::open(&data_dir)?);
+    let queue = Arc::new(Queue::open_with(&data_dir, config.server.commit_wait)?);
     tracing::info!(path = %queue.path().display(), messages = queue.depth(), "queue open");
 
     let acceptors = tls_acceptors(&config, &data_dir)?;

@@ -20,10 +20,10 @@ pub mod message;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -37,6 +37,10 @@ const CF_DUE: &str = "due";
 
 /// The largest batch one sync takes (in bytes of values); more waits for the next.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long past its first request a batch may wait for messages on their
+/// way ([`Incoming`]) before it is synced (`server.commit_wait`).
+pub const DEFAULT_COMMIT_WAIT: Duration = Duration::from_micros(300);
 
 enum Op {
     Put(&'static str, Vec<u8>, Vec<u8>),
@@ -54,6 +58,10 @@ pub struct Queue {
     writer: Option<mpsc::Sender<WriteReq>>,
     writer_thread: Option<JoinHandle<()>>,
     depth: Arc<AtomicI64>,
+    /// Messages on their way to `insert` ([`Queue::incoming`]).
+    incoming: Arc<AtomicUsize>,
+    /// Batches synced so far.
+    syncs: Arc<AtomicU64>,
     /// (priority class, due time ms, id) of every scheduled message.
     index: Mutex<BTreeSet<IndexKey>>,
 }
@@ -88,6 +96,12 @@ impl Queue {
     /// Opens (creating if needed) the queue under `data_dir`. Fails if
     /// another process (a running server) has it open.
     pub fn open(data_dir: &Path) -> Result<Queue> {
+        Queue::open_with(data_dir, DEFAULT_COMMIT_WAIT)
+    }
+
+    /// [`Queue::open`], with how long a sync may wait for messages on
+    /// their way ([`Queue::incoming`]).
+    pub fn open_with(data_dir: &Path, commit_wait: Duration) -> Result<Queue> {
         let path = queue_path(data_dir);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut opts = Options::default();
@@ -123,6 +137,8 @@ impl Queue {
             writer: None,
             writer_thread: None,
             depth: Arc::new(AtomicI64::new(0)),
+            incoming: Arc::new(AtomicUsize::new(0)),
+            syncs: Arc::new(AtomicU64::new(0)),
             index: Mutex::new(BTreeSet::new()),
         };
         q.load_index()?;
@@ -130,9 +146,10 @@ impl Queue {
         q.depth.store(n as i64, Ordering::Relaxed);
         metrics::gauge!("weir_queue_depth").set(n as f64);
         let (tx, rx) = mpsc::channel();
+        let (incoming, syncs) = (q.incoming.clone(), q.syncs.clone());
         let handle = std::thread::Builder::new()
             .name("weir-queue-writer".into())
-            .spawn(move || writer_loop(db, rx))
+            .spawn(move || writer_loop(db, rx, &incoming, commit_wait, &syncs))
             .context("starting the queue writer thread")?;
         q.writer = Some(tx);
         q.writer_thread = Some(handle);
@@ -184,21 +201,46 @@ impl Queue {
         self.depth.load(Ordering::Relaxed)
     }
 
-    async fn submit(&self, ops: Vec<Op>) -> Result<()> {
+    async fn submit(&self, ops: Vec<Op>, incoming: Option<Incoming>) -> Result<()> {
         let (done, rx) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or_else(|| anyhow!("queue writer is closed"))?
-            .send(WriteReq { ops, done })
-            .map_err(|_| anyhow!("queue writer has stopped"))?;
+        let writer = self.writer.as_ref().ok_or_else(|| anyhow!("queue writer is closed"))?;
+        // No longer on its way: said before the send, so that the writer,
+        // once it has the request, never waits for it.
+        drop(incoming);
+        writer.send(WriteReq { ops, done }).map_err(|_| anyhow!("queue writer has stopped"))?;
         rx.await
             .map_err(|_| anyhow!("queue writer dropped the request"))?
             .map_err(|e| anyhow!("queue write failed: {e}"))
     }
 
+    /// How many batches the writer has synced.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Says that a message is on its way to [`Queue::insert_incoming`]
+    /// (its content is in; its policy steps are running), until the
+    /// returned mark is handed to it or dropped. While any is, the writer
+    /// holds a batch back for up to `commit_wait` to sync them with it:
+    /// one sync for several sessions' messages instead of one each, as
+    /// PostgreSQL's `commit_delay` does when other transactions are active.
+    pub fn incoming(&self) -> Incoming {
+        self.incoming.fetch_add(1, Ordering::AcqRel);
+        Incoming(self.incoming.clone())
+    }
+
     /// Writes a new message durably. Returns once it is synced to disk.
     /// The body moves to the writer thread rather than being copied.
     pub async fn insert(&self, meta: &MessageMeta, body: Vec<u8>) -> Result<()> {
+        self.insert_with(meta, body, None).await
+    }
+
+    /// [`Queue::insert`] of a message [`Queue::incoming`] announced.
+    pub async fn insert_incoming(&self, meta: &MessageMeta, body: Vec<u8>, incoming: Incoming) -> Result<()> {
+        self.insert_with(meta, body, Some(incoming)).await
+    }
+
+    async fn insert_with(&self, meta: &MessageMeta, body: Vec<u8>, incoming: Option<Incoming>) -> Result<()> {
         let key = meta.id.as_bytes().to_vec();
         let mut ops = vec![
             Op::Put(CF_BODY, key.clone(), body),
@@ -207,7 +249,7 @@ impl Queue {
         if is_scheduled(meta) {
             ops.push(Op::Put(CF_DUE, due_key(meta), Vec::new()));
         }
-        self.submit(ops).await?;
+        self.submit(ops, incoming).await?;
         if is_scheduled(meta) {
             self.index_lock().insert(index_key(meta));
         }
@@ -227,7 +269,7 @@ impl Queue {
         if is_scheduled(new) {
             ops.push(Op::Put(CF_DUE, due_key(new), Vec::new()));
         }
-        self.submit(ops).await?;
+        self.submit(ops, None).await?;
         let mut idx = self.index_lock();
         if is_scheduled(old) {
             idx.remove(&index_key(old));
@@ -256,7 +298,7 @@ impl Queue {
         }
         ops.push(Op::Delete(CF_META, key.clone()));
         ops.push(Op::Delete(CF_BODY, key));
-        self.submit(ops).await?;
+        self.submit(ops, None).await?;
         if is_scheduled(meta) {
             self.index_lock().remove(&index_key(meta));
         }
@@ -361,24 +403,41 @@ impl Drop for Queue {
     }
 }
 
-fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteReq>) {
+/// A message on its way to the queue ([`Queue::incoming`]); dropped, it
+/// is no longer.
+pub struct Incoming(Arc<AtomicUsize>);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteReq>, incoming: &AtomicUsize, commit_wait: Duration, syncs: &AtomicU64) {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + commit_wait;
         let mut reqs = vec![first];
         let mut bytes: usize = reqs[0].ops.iter().map(op_len).sum();
         while bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    bytes += r.ops.iter().map(op_len).sum::<usize>();
-                    reqs.push(r);
+            let next = match rx.try_recv() {
+                Ok(r) => Some(r),
+                // Messages on their way: wait for them, up to the deadline
+                // (one that policy refuses never comes; the wait ends there).
+                Err(mpsc::TryRecvError::Empty) if incoming.load(Ordering::Acquire) > 0 => {
+                    deadline.checked_duration_since(Instant::now()).and_then(|left| rx.recv_timeout(left).ok())
                 }
-                Err(_) => break,
-            }
+                Err(_) => None,
+            };
+            let Some(r) = next else { break };
+            bytes += r.ops.iter().map(op_len).sum::<usize>();
+            reqs.push(r);
         }
         let started = Instant::now();
         let result = write_batch(&db, &wo, &reqs);
         let elapsed = started.elapsed();
+        syncs.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("weir_queue_sync_batch_size").record(reqs.len() as f64);
         metrics::histogram!("weir_queue_sync_seconds").record(elapsed.as_secs_f64());
         if let Err(e) = &result {
@@ -524,6 +583,45 @@ mod tests {
         let mut old: serde_json::Value = serde_json::from_str(&stored).unwrap();
         old["decisions"] = shown["decisions"].clone();
         assert_eq!(serde_json::from_value::<MessageMeta>(old).unwrap(), m);
+    }
+
+    /// A sync waits for a message on its way and takes it in the same
+    /// batch; with none on its way it does not wait, and one refused on
+    /// its way holds the batch no longer than the wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_waits_for_messages_on_their_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open_with(dir.path(), Duration::from_secs(60)).unwrap());
+        // Bounds on waits that must end, far past any wait that should.
+        const BOUND: Duration = Duration::from_secs(20);
+        let bounded = tokio::time::timeout(BOUND, q.insert(&meta("00000000000000000001"), b"a".to_vec())).await;
+        bounded.expect("no wait with none on its way").unwrap();
+        assert_eq!(q.syncs(), 1);
+
+        let on_its_way = q.incoming();
+        let first = tokio::spawn({
+            let q = q.clone();
+            async move { q.insert(&meta("00000000000000000002"), b"b".to_vec()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!first.is_finished(), "the sync waits for the message on its way");
+        let bounded = tokio::time::timeout(BOUND, q.insert_incoming(&meta("00000000000000000003"), b"c".to_vec(), on_its_way)).await;
+        bounded.unwrap().unwrap();
+        tokio::time::timeout(BOUND, first).await.unwrap().unwrap().unwrap();
+        assert_eq!(q.syncs(), 2, "both in one sync");
+        assert_eq!(q.depth(), 3);
+        drop(q);
+
+        let q = Arc::new(Queue::open_with(dir.path(), Duration::from_millis(200)).unwrap());
+        let refused = q.incoming();
+        let next = tokio::spawn({
+            let q = q.clone();
+            async move { q.insert(&meta("00000000000000000004"), b"d".to_vec()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(refused);
+        tokio::time::timeout(BOUND, next).await.expect("synced by the end of the wait").unwrap().unwrap();
+        assert_eq!(q.get("00000000000000000004").unwrap().map(|m| m.id), Some("00000000000000000004".into()));
     }
 
     #[tokio::test]

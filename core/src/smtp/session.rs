@@ -794,6 +794,9 @@ impl Session {
     /// Runs the data and route pipelines, then writes the transaction to
     /// the queue; the reply says whether it is safe.
     async fn enqueue(&mut self, id: String, header_len: usize, mut body: Vec<u8>) -> Reply {
+        // The queue's writer waits a little for this message while its
+        // policy steps run, to sync it with others (dropped at a refusal).
+        let incoming = self.ctx.queue.incoming();
         let mut quarantine: Option<String> = None;
         // The header section as plugins see it; taken again only after a
         // stage changed it (so route's plugins are not told it again).
@@ -877,7 +880,7 @@ impl Session {
         }
         // Policy may have removed header fields: never below zero.
         let content = body.len().saturating_sub(header_len) as u64;
-        match self.ctx.queue.insert(&meta, body).await {
+        match self.ctx.queue.insert_incoming(&meta, body, incoming).await {
             Ok(()) => {
                 if let Some(q) = &meta.quarantine {
                     tracing::info!(id = %id, reason = %q, "quarantined by policy (held)");
