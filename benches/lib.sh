@@ -47,12 +47,14 @@ wait_port() {
 # a benchmark configuration: the listener `bench` on PORT, data under
 # DATA_DIR; EXTRA_YAML adds top-level keys, EXTRA_LISTENERS more listeners,
 # BENCH_LISTENER_KEYS more keys of `bench` (such as its pipeline).
+# COMMIT_WAIT sets server.commit_wait (e.g. 0, 300us, 1ms).
 weir_yaml() {
   local port=$1 data=$2 extra=${3:-} listeners=${4:-} keys=${5:-}
   cat <<YAML
 server:
   hostname: bench.local
   data_dir: $data
+${COMMIT_WAIT:+  commit_wait: $COMMIT_WAIT}
 listeners:
   bench:
     bind: 127.0.0.1:$port
