@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub commit_wait: Duration,
 }
 
+/// The longest `server.commit_wait` taken: far past any sync's own time.
+const MAX_COMMIT_WAIT: Duration = Duration::from_millis(100);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -662,6 +665,12 @@ impl Config {
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is needed".into());
         }
+        if self.server.commit_wait > MAX_COMMIT_WAIT {
+            return Err(format!(
+                "server.commit_wait: at most {}ms (a reply to DATA can wait this long for other sessions' messages)",
+                MAX_COMMIT_WAIT.as_millis()
+            ));
+        }
         let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         for (name, l) in &self.listeners {
             if name.is_empty()
@@ -960,5 +969,12 @@ mod tests {
         assert!(e.message.contains("auth.users is empty"), "{e}");
         let text = "listeners: {}\n";
         assert!(Config::parse("t", text, &[]).is_err());
+        let listener = "listeners:\n  a:\n    bind: 127.0.0.1:25\n";
+        let e = Config::parse("t", &format!("server:\n  commit_wait: 2s\n{listener}"), &[]).unwrap_err();
+        assert!(e.message.contains("server.commit_wait: at most 100ms"), "{e}");
+        let c = Config::parse("t", &format!("server:\n  commit_wait: 0s\n{listener}"), &[]).unwrap();
+        assert_eq!(c.server.commit_wait, Duration::ZERO);
+        let c = Config::parse("t", listener, &[]).unwrap();
+        assert_eq!(c.server.commit_wait, Duration::from_micros(300));
     }
 }
