@@ -17,6 +17,13 @@
 # lib.sh), KEEP=DIR keeps the callgrind files for callgrind_annotate,
 # PLUGINS=DIR takes the plugins from DIR instead of plugins/build (unstripped
 # builds, with WEIR_PLUGIN_PERFMAP=1, name the plugins' functions).
+# CACHE=1 also simulates the caches (this host's AMD EPYC: 32 KiB 8-way L1
+# instruction and data caches, 1 MiB 8-way L2 as the last level) and adds
+# tables of L1 instruction-cache misses and L1 data-cache misses (reads and
+# writes) a message. The simulation is one cache for all threads, which
+# valgrind runs one at a time, so it is a measure of footprint, not a
+# prediction; but the pipeline's cost follows its misses far more than
+# its instructions (benches/README.md).
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { echo "valgrind missing (apt-get install valgrind)" >&2; exit 1; }
 MESSAGES=${MESSAGES:-1000}
@@ -33,7 +40,9 @@ weir_yaml "$PLAIN" "$TMP/weir-data" "delivery:
 plugin_runtime:
   max_instances: 16
 $(five_plugins "$PLUGINS")" "$(piped_listener "$PIPE")" > "$TMP/weir.yaml"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.%p" \
+CACHE_SIM=()
+[ "${CACHE:-}" = 1 ] && CACHE_SIM=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,8,64)
+valgrind --tool=callgrind "${CACHE_SIM[@]}" --instr-atstart=no --callgrind-out-file="$OUT/callgrind.%p" \
   "$WEIR" serve --config "$TMP/weir.yaml" 2> "$TMP/weir.log" &
 VG=$!
 PIDS+=("$VG")
@@ -58,11 +67,11 @@ kill "$VG"; wait "$VG" 2>/dev/null || true
 
 echo "Instructions a message (callgrind, user space, all threads), $MESSAGES messages of $SIZE bytes, smtp-source -d -s $SESSIONS; $(versions)"
 echo
-python3 - "$OUT" "$MESSAGES" <<'PY'
+python3 - "$OUT" "$MESSAGES" "${CACHE:-}" <<'PY'
 import glob, re, subprocess, sys
-out, n = sys.argv[1], int(sys.argv[2])
-def groups(path):
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True, check=True).stdout
+out, n, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+def groups(path, event):
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", f"--show={event}", f"--sort={event}", path], capture_output=True, text=True, check=True).stdout
     g = {}
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
@@ -81,22 +90,35 @@ def groups(path):
         else: k = "other (std, fmt, ...)"
         g[k] = g.get(k, 0) + count
     return g
-dumps = {}
+paths = {}
 for path in glob.glob(f"{out}/callgrind.*"):
     with open(path, errors="replace") as f:
         head = f.read(4096)
     m = re.search(r"^desc: Trigger: dump (plain|pipeline)$", head, re.M)
     if m:
-        dumps[m.group(1)] = groups(path)
-if set(dumps) != {"plain", "pipeline"}:
-    sys.exit(f"callgrind dumps not found in {out}: {sorted(dumps)}")
-p, q = dumps["plain"], dumps["pipeline"]
-keys = sorted(set(p) | set(q), key=lambda k: -q.get(k, 0))
-print(f"| {'':24} | {'plain':>8} | {'pipeline':>8} | {'added':>8} |")
-print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
-for k in keys:
-    a, b = p.get(k, 0) / n, q.get(k, 0) / n
-    print(f"| {k:24} | {a:8.0f} | {b:8.0f} | {b - a:+8.0f} |")
-a, b = sum(p.values()) / n, sum(q.values()) / n
-print(f"| {'total':24} | {a:8.0f} | {b:8.0f} | {b - a:+8.0f} |")
+        paths[m.group(1)] = path
+if set(paths) != {"plain", "pipeline"}:
+    sys.exit(f"callgrind dumps not found in {out}: {sorted(paths)}")
+tables = [("Instructions", "Ir", 0)]
+if cache:
+    tables += [("L1 instruction-cache misses", "I1mr", 1), ("L1 data-cache misses (reads + writes)", "D1mr,D1mw", 1)]
+for title, event, digits in tables:
+    p, q = ({}, {})
+    for e in event.split(","):
+        for d, k in ((p, "plain"), (q, "pipeline")):
+            for g, v in groups(paths[k], e).items():
+                d[g] = d.get(g, 0) + v
+    keys = sorted(set(p) | set(q), key=lambda k: -q.get(k, 0))
+    if cache:
+        print(f"{title} a message:")
+        print()
+    print(f"| {'':24} | {'plain':>8} | {'pipeline':>8} | {'added':>8} |")
+    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
+    for k in keys:
+        a, b = p.get(k, 0) / n, q.get(k, 0) / n
+        print(f"| {k:24} | {a:8.{digits}f} | {b:8.{digits}f} | {b - a:+8.{digits}f} |")
+    a, b = sum(p.values()) / n, sum(q.values()) / n
+    print(f"| {'total':24} | {a:8.{digits}f} | {b:8.{digits}f} | {b - a:+8.{digits}f} |")
+    if cache:
+        print()
 PY
