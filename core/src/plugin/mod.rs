@@ -931,11 +931,10 @@ impl Instance {
     /// `started` is when the step began (the call's deadline counts from it).
     ///
     /// The call's future is polled out of line ([`OutOfLine`]): awaited
-    /// directly, its code (with wasmtime's call machinery under it) was
-    /// built twice, once into each code unit that awaits it, and a
-    /// pipeline whose plugins are placed differently (see `policy`) ran
-    /// through both copies, each evicting the other from the instruction
-    /// cache. `CACHE=1 benches/instructions.sh`: L1 instruction-cache
+    /// directly, its poll function (with wasmtime's call machinery under
+    /// it) was in the binary twice, and a pipeline whose plugins are
+    /// placed differently (see `policy`) ran through both copies, each
+    /// evicting the other from the instruction cache. `CACHE=1 benches/instructions.sh`: L1 instruction-cache
     /// misses a message with the test pipeline 8090 -> 7975 (wasmtime's
     /// 1633 -> 1554).
     pub fn on_stage<'a>(
