@@ -934,9 +934,9 @@ impl Instance {
     /// directly, its poll function (with wasmtime's call machinery under
     /// it) was in the binary twice, and a pipeline whose plugins are
     /// placed differently (see `policy`) ran through both copies, each
-    /// evicting the other from the instruction cache. `CACHE=1 benches/instructions.sh`: L1 instruction-cache
-    /// misses a message with the test pipeline 8090 -> 7975 (wasmtime's
-    /// 1633 -> 1554).
+    /// evicting the other from the instruction cache. `CACHE=1
+    /// benches/instructions.sh`: L1 instruction-cache misses a message
+    /// with the test pipeline 8090 -> 7975 (wasmtime's 1633 -> 1554).
     pub fn on_stage<'a>(
         &'a mut self,
         ctx: &'a Context,

@@ -232,15 +232,12 @@ impl Queue {
     /// Writes a new message durably. Returns once it is synced to disk.
     /// The body moves to the writer thread rather than being copied.
     pub async fn insert(&self, meta: &MessageMeta, body: Vec<u8>) -> Result<()> {
-        self.insert_with(meta, body, None).await
+        self.insert_incoming(meta, body, None).await
     }
 
-    /// [`Queue::insert`] of a message [`Queue::incoming`] announced.
-    pub async fn insert_incoming(&self, meta: &MessageMeta, body: Vec<u8>, incoming: Incoming) -> Result<()> {
-        self.insert_with(meta, body, Some(incoming)).await
-    }
-
-    async fn insert_with(&self, meta: &MessageMeta, body: Vec<u8>, incoming: Option<Incoming>) -> Result<()> {
+    /// [`Queue::insert`] of a message [`Queue::incoming`] announced (its
+    /// mark is given back once the writer has the message).
+    pub async fn insert_incoming(&self, meta: &MessageMeta, body: Vec<u8>, incoming: Option<Incoming>) -> Result<()> {
         let key = meta.id.as_bytes().to_vec();
         let mut ops = vec![
             Op::Put(CF_BODY, key.clone(), body),
@@ -605,7 +602,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!first.is_finished(), "the sync waits for the message on its way");
-        let bounded = tokio::time::timeout(BOUND, q.insert_incoming(&meta("00000000000000000003"), b"c".to_vec(), on_its_way)).await;
+        let bounded = tokio::time::timeout(BOUND, q.insert_incoming(&meta("00000000000000000003"), b"c".to_vec(), Some(on_its_way))).await;
         bounded.unwrap().unwrap();
         tokio::time::timeout(BOUND, first).await.unwrap().unwrap().unwrap();
         assert_eq!(q.syncs(), 2, "both in one sync");

@@ -880,7 +880,7 @@ impl Session {
         }
         // Policy may have removed header fields: never below zero.
         let content = body.len().saturating_sub(header_len) as u64;
-        match self.ctx.queue.insert_incoming(&meta, body, incoming).await {
+        match self.ctx.queue.insert_incoming(&meta, body, Some(incoming)).await {
             Ok(()) => {
                 if let Some(q) = &meta.quarantine {
                     tracing::info!(id = %id, reason = %q, "quarantined by policy (held)");
