@@ -197,7 +197,10 @@ impl PluginState {
 
 /// A plugin compiled and linked, ready to instantiate.
 pub struct LoadedPlugin {
-    pub name: Arc<str>,
+    /// Interned ([`intern`]): every decision record and change names its
+    /// plugin, and a shared `Arc` cost two atomic writes to a count that
+    /// both session threads' cores kept taking from each other.
+    pub name: &'static str,
     pub grants: Vec<Grant>,
     pub stages: Vec<StageName>,
     pub memory_cap: usize,
@@ -217,6 +220,20 @@ pub struct LoadedPlugin {
     disabled: AtomicBool,
     /// The data files of `files:`, read at load.
     pub files: HashMap<String, Arc<Vec<u8>>>,
+}
+
+/// The one copy of a plugin name for the life of the process. Names
+/// come from the configuration, so the set stays as small as the plugins
+/// ever declared (reloads that keep a name add nothing).
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.into());
+    names.push(n);
+    n
 }
 
 /// The largest data file a plugin may declare.
@@ -486,7 +503,7 @@ impl Runtime {
             files.insert(file_name.clone(), Arc::new(bytes));
         }
         let mut plugin = LoadedPlugin {
-            name: Arc::from(name),
+            name: intern(name),
             grants: decl.grants.clone(),
             stages: Vec::new(),
             memory_cap,
@@ -504,7 +521,7 @@ impl Runtime {
         };
         // Ask it what it is, in a throw-away instance.
         let probe = Arc::new(LoadedPlugin {
-            name: plugin.name.clone(),
+            name: plugin.name,
             grants: Vec::new(),
             stages: Vec::new(),
             memory_cap,
@@ -1051,6 +1068,17 @@ mod tests {
         assert_eq!(a, a_again, "a thread keeps its shard");
         assert_ne!(a, b, "each thread has its own number");
         assert_eq!(my_shard(1), 0);
+    }
+
+    #[test]
+    fn a_plugin_name_is_interned_once() {
+        let a = intern("interned-test-plugin");
+        let again = intern(&String::from("interned-test-plugin"));
+        let other = intern("interned-test-other");
+        assert_eq!(a, "interned-test-plugin");
+        assert!(std::ptr::eq(a, again), "the same name gives the same copy");
+        assert_eq!(other, "interned-test-other");
+        assert!(!std::ptr::eq(a, other));
     }
 
     #[test]

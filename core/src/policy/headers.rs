@@ -69,7 +69,7 @@ pub fn parse(body: &[u8]) -> Vec<weir_plugin_sdk::Header> {
 }
 
 /// Whether any of `changes` adds, removes or replaces a header.
-pub fn changes_headers(changes: &[(std::sync::Arc<str>, wit::Change)]) -> bool {
+pub fn changes_headers(changes: &[(&str, wit::Change)]) -> bool {
     changes
         .iter()
         .any(|(_, c)| matches!(c, wit::Change::AddHeader(_) | wit::Change::RemoveHeader(_) | wit::Change::ReplaceHeader(_)))
@@ -144,7 +144,7 @@ fn field(name: &str, value: &str) -> Vec<u8> {
 /// Only the header section is rewritten: the body after it stays in its
 /// buffer, moved along if the section's length changed, not copied into a
 /// new one.
-pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wit::Change)]) -> Vec<u8> {
+pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(&str, wit::Change)]) -> Vec<u8> {
     let relevant: Vec<&wit::Change> = changes
         .iter()
         .map(|(_, c)| c)
@@ -204,8 +204,8 @@ pub fn apply(mut body: Vec<u8>, keep: usize, changes: &[(std::sync::Arc<str>, wi
 mod tests {
     use super::*;
 
-    fn ch(c: wit::Change) -> (std::sync::Arc<str>, wit::Change) {
-        ("p".into(), c)
+    fn ch(c: wit::Change) -> (&'static str, wit::Change) {
+        ("p", c)
     }
 
     #[test]

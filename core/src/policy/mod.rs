@@ -30,8 +30,9 @@ use types::{Grant, OnError, PolicyContext, StageName, Step, When};
 /// session's trail and every message's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
-    #[serde(with = "shared_str")]
-    pub plugin: Arc<str>,
+    /// Borrowed from the interned name (`plugin::intern`) when made by a
+    /// pipeline; owned when read back from the queue.
+    pub plugin: Cow<'static, str>,
     pub stage: StageName,
     /// continue, accept, reject, tempfail, discard, quarantine, disconnect,
     /// or fault:<kind> (then `applied` says what on_error made of it).
@@ -44,20 +45,6 @@ pub struct DecisionRecord {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-}
-
-/// An `Arc<str>` as a plain string in the stored form.
-mod shared_str {
-    use std::sync::Arc;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-        String::deserialize(d).map(Arc::from)
-    }
 }
 
 /// A stage's result.
@@ -78,7 +65,7 @@ pub struct StageOutcome {
     /// Changes other than tags and symbols (those are applied to the
     /// context as they come, so later steps see them), with the plugin
     /// that asked.
-    pub changes: Vec<(Arc<str>, wit::Change)>,
+    pub changes: Vec<(&'static str, wit::Change)>,
     pub trail: Vec<DecisionRecord>,
 }
 
@@ -455,13 +442,13 @@ impl SessionPolicy {
             if !when_holds(&step.when, stage, ctx) {
                 continue;
             }
-            let name = step.plugin.name.clone();
+            let name = step.plugin.name;
             let started = Instant::now();
             let r = self.held.call(&self.policy, step, ctx, started, body.clone()).await;
             let elapsed = started.elapsed();
             step.latency.record(elapsed.as_secs_f64());
             let mut record = DecisionRecord {
-                plugin: name.clone(),
+                plugin: Cow::Borrowed(name),
                 stage,
                 verdict: Cow::Borrowed(""),
                 reason: None,
@@ -483,7 +470,7 @@ impl SessionPolicy {
                                 ctx.tags.push((k, v));
                             }
                             wit::Change::AddSymbol(s) => ctx.symbols.push(s),
-                            other => out.changes.push((name.clone(), other)),
+                            other => out.changes.push((name, other)),
                         }
                     }
                     let fin = match d.verdict {

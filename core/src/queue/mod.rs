@@ -529,7 +529,7 @@ mod tests {
 
     fn decision(plugin: &str, stage: crate::policy::types::StageName, reason: Option<&str>, recipient: Option<&str>) -> crate::policy::DecisionRecord {
         crate::policy::DecisionRecord {
-            plugin: plugin.into(),
+            plugin: plugin.to_string().into(),
             stage,
             verdict: "continue".into(),
             micros: 68,
