@@ -3,14 +3,22 @@
 //! checks its grant first; an ungranted call traps, which ends the call
 //! with a "refused" fault and the step's on_error. Only dns and mail-auth
 //! wait, so only they are async (a sync host call costs less).
+//!
+//! The two reads of bulk data, `body.read` and `files.read`, are linked by
+//! hand ([`link_reads`]) rather than through bindgen's traits, whose
+//! `Vec<u8>` result made a copy of every chunk before wasmtime copied it
+//! into the guest: they hand wasmtime a `bytes::Bytes` view of the host's
+//! one copy instead.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::Result;
+use bytes::Bytes;
+use wasmtime::component::Linker;
+use wasmtime::{Result, StoreContextMut};
 
-use super::weir::plugin::{body, clock, config, dns, files, kv, log, mail_auth, types};
-use super::PluginState;
+use super::weir::plugin::{clock, config, dns, kv, log, mail_auth, types};
+use super::{PluginState, INTERFACE_VERSION};
 use crate::dns::DnsError;
 use crate::policy::types::Grant;
 
@@ -35,16 +43,6 @@ impl config::Host for PluginState {
     fn get(&mut self) -> Result<String> {
         self.require(Grant::Config)?;
         Ok(self.config_json.to_string())
-    }
-}
-
-impl files::Host for PluginState {
-    fn read(&mut self, name: String) -> Result<Result<Vec<u8>, String>> {
-        self.require(Grant::Files)?;
-        Ok(match self.plugin.files.get(&name) {
-            Some(bytes) => Ok(bytes.as_ref().clone()),
-            None => Err(format!("no file named {name:?} is declared under this plugin's files:")),
-        })
     }
 }
 
@@ -125,15 +123,56 @@ impl dns::Host for PluginState {
     }
 }
 
-impl body::Host for PluginState {
-    fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+/// Links `body.read` and `files.read` (see the module's doc).
+pub(super) fn link_reads(linker: &mut Linker<PluginState>) -> Result<()> {
+    linker
+        .instance(&format!("weir:plugin/body@{INTERFACE_VERSION}"))?
+        .func_wrap("read", |mut store: StoreContextMut<'_, PluginState>, (offset, len): (u64, u32)| {
+            Ok((store.data_mut().body_chunk(offset, len)?,))
+        })?;
+    linker
+        .instance(&format!("weir:plugin/files@{INTERFACE_VERSION}"))?
+        .func_wrap("read", |mut store: StoreContextMut<'_, PluginState>, (name,): (String,)| {
+            Ok((store.data_mut().file(&name)?,))
+        })?;
+    Ok(())
+}
+
+/// The octets of a `total`-octet message that `body.read(offset, len)`
+/// gives: at most 1 MiB, always within the message (empty past its end).
+fn chunk(total: usize, offset: u64, len: u32) -> std::ops::Range<usize> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
+    let end = start.saturating_add(len.min(1 << 20) as usize).min(total);
+    start..end
+}
+
+/// Data the host keeps one copy of, as `Bytes` sees it.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PluginState {
+    /// body.read: up to `len` octets (at most 1 MiB) from `offset`, fewer
+    /// at the end of the message, none past it or outside data and route.
+    fn body_chunk(&mut self, offset: u64, len: u32) -> Result<Bytes> {
         self.require(Grant::Body)?;
         let Some(b) = &self.body else {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-        let end = start.saturating_add(len.min(1 << 20) as usize).min(b.len());
-        Ok(b[start..end].to_vec())
+        Ok(Bytes::from_owner(Shared(b.clone())).slice(chunk(b.len(), offset, len)))
+    }
+
+    /// files.read: the whole file declared under `name`.
+    fn file(&mut self, name: &str) -> Result<Result<Bytes, String>> {
+        self.require(Grant::Files)?;
+        Ok(match self.plugin.files.get(name) {
+            Some(bytes) => Ok(Bytes::from_owner(Shared(bytes.clone()))),
+            None => Err(format!("no file named {name:?} is declared under this plugin's files:")),
+        })
     }
 }
 
@@ -164,5 +203,22 @@ impl mail_auth::Host for PluginState {
             return Ok(Err("there is no message before the data stage".into()));
         };
         Ok(self.services.mail_auth.dkim_sign(&msg, &request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk;
+
+    #[test]
+    fn a_body_chunk_stays_within_the_message_and_one_mib() {
+        assert_eq!(chunk(100, 0, 10), 0..10);
+        assert_eq!(chunk(100, 95, 10), 95..100, "fewer at the end");
+        assert_eq!(chunk(100, 100, 10), 100..100, "none at the end");
+        assert_eq!(chunk(100, 500, 10), 100..100, "none past it");
+        assert_eq!(chunk(100, u64::MAX, u32::MAX), 100..100);
+        assert_eq!(chunk(100, 7, 0), 7..7);
+        assert_eq!(chunk(3 << 20, 1, u32::MAX), 1..(1 + (1 << 20)), "at most 1 MiB a call");
+        assert_eq!(chunk(0, 0, 1), 0..0);
     }
 }

@@ -375,6 +375,20 @@ fn engine(n: u32, max_memory: usize, layout: MemoryLayout) -> Result<Engine> {
     Engine::new(&config).map_err(|e| anyhow!("starting the WebAssembly engine: {e}"))
 }
 
+/// Links every host capability: bindgen's glue for all but the two bulk
+/// reads, which `host::link_reads` links without a copy.
+fn link_host(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use weir::plugin as p;
+    p::log::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::config::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::clock::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::kv::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::dns::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::mail_auth::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    p::types::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    host::link_reads(linker)
+}
+
 impl Runtime {
     pub fn new(cfg: &RuntimeConfig, cache_dir: Option<PathBuf>) -> Result<Arc<Runtime>> {
         let max_memory = (MAX_PLUGIN_MEMORY_MB as usize) * 1024 * 1024;
@@ -402,7 +416,7 @@ impl Runtime {
         };
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow!("linking host capabilities: {e}"))?;
+        link_host(&mut linker).map_err(|e| anyhow!("linking host capabilities: {e}"))?;
         // The epoch ticker: time budgets are counted in ticks of EPOCH_TICK.
         // (A 1 ms tick cost a thousand wake-ups a second on a busy machine.)
         let ticker = engine.clone();
