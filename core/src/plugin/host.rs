@@ -146,7 +146,7 @@ fn chunk(total: usize, offset: u64, len: u32) -> std::ops::Range<usize> {
     start..end
 }
 
-/// Data the host keeps one copy of, as `Bytes` sees it.
+/// The message the host keeps one copy of, as `Bytes` sees it.
 struct Shared(Arc<Vec<u8>>);
 
 impl AsRef<[u8]> for Shared {
@@ -170,7 +170,7 @@ impl PluginState {
     fn file(&mut self, name: &str) -> Result<Result<Bytes, String>> {
         self.require(Grant::Files)?;
         Ok(match self.plugin.files.get(name) {
-            Some(bytes) => Ok(Bytes::from_owner(Shared(bytes.clone()))),
+            Some(bytes) => Ok(bytes.clone()),
             None => Err(format!("no file named {name:?} is declared under this plugin's files:")),
         })
     }

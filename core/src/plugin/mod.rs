@@ -218,8 +218,9 @@ pub struct LoadedPlugin {
     breaker: BreakerConfig,
     faults: Mutex<VecDeque<Instant>>,
     disabled: AtomicBool,
-    /// The data files of `files:`, read at load.
-    pub files: HashMap<String, Arc<Vec<u8>>>,
+    /// The data files of `files:`, read at load. `Bytes`, so a plugin's
+    /// `files.read` hands wasmtime this copy (a count bumped) to lower.
+    pub files: HashMap<String, bytes::Bytes>,
 }
 
 /// The one copy of a plugin name for the life of the process. Names
@@ -514,7 +515,7 @@ impl Runtime {
                 return Err(anyhow!("{name}'s file {file_name} ({}) is {size} octets; at most {MAX_PLUGIN_FILE} are allowed", p.display()));
             }
             let bytes = std::fs::read(&p).map_err(|e| anyhow!("cannot read {name}'s file {file_name} ({}): {e}", p.display()))?;
-            files.insert(file_name.clone(), Arc::new(bytes));
+            files.insert(file_name.clone(), bytes::Bytes::from(bytes));
         }
         let mut plugin = LoadedPlugin {
             name: intern(name),
