@@ -243,12 +243,12 @@ fn too_little_address_space_is_explained() {
 
 /// A plugin built against an older interface is refused at load, saying
 /// which versions differ. (The old build is the no-op plugin with its
-/// interface names set back to 0.4.0, whose event lists were not options.)
+/// interface names set back to 0.5.0, whose `on-stage` took an `event`.)
 #[test]
 fn a_plugin_built_against_another_interface_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = std::fs::read(plugin("test_noop")).unwrap();
-    let (new, old) = (b"weir:plugin/types@0.5.0".as_slice(), b"weir:plugin/types@0.4.0".as_slice());
+    let (new, old) = (b"weir:plugin/types@0.6.0".as_slice(), b"weir:plugin/types@0.5.0".as_slice());
     let mut patched = wasm.clone();
     let mut found = 0;
     for i in 0..patched.len().saturating_sub(new.len()) {
@@ -257,13 +257,13 @@ fn a_plugin_built_against_another_interface_version_is_refused() {
             found += 1;
         }
     }
-    assert!(found > 0, "test_noop imports weir:plugin/types@0.5.0");
+    assert!(found > 0, "test_noop imports weir:plugin/types@0.6.0");
     let old_path = dir.path().join("old.wasm");
     std::fs::write(&old_path, patched).unwrap();
     let policy = |p: &std::path::Path| format!("listeners:\n  mx:\n    bind: 127.0.0.1:2525\n    pipeline: p\nplugins:\n  noop:\n    path: {}\npipelines:\n  p:\n    data: [{{plugin: noop}}]\n", p.display());
     let (code, err) = check(&policy(&old_path));
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("built against weir:plugin@0.4.0, but this Weir speaks weir:plugin@0.5.0"), "{err}");
+    assert!(err.contains("built against weir:plugin@0.5.0, but this Weir speaks weir:plugin@0.6.0"), "{err}");
     let (code, err) = check(&policy(std::path::Path::new(&plugin("test_noop"))));
     assert_eq!(code, 0, "{err}");
 }

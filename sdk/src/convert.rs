@@ -35,7 +35,6 @@ fn param(p: w::Param) -> Param {
 fn set_fact(c: &mut Connection, f: w::ConnectionFact) {
     match f {
         w::ConnectionFact::RemoteIp(v) => c.remote_ip = v,
-        w::ConnectionFact::RemotePort(v) => c.remote_port = v,
         w::ConnectionFact::LocalAddr(v) => c.local_addr = v,
         w::ConnectionFact::Listener(v) => c.listener = v,
         w::ConnectionFact::TlsVersion(v) => c.tls_version = v,
@@ -52,31 +51,32 @@ fn splice<T>(list: &mut Vec<T>, keep: u32, items: Vec<T>) {
     list.extend(items);
 }
 
-/// Brings the session's context up to date with what the host told.
-fn apply(c: &mut Context, e: w::Event) {
-    c.stage = stage_from_wit(e.stage);
-    for f in e.connection.into_iter().flatten() {
-        set_fact(&mut c.connection, f);
+/// Brings the session's context up to date with what the host told, and
+/// returns the sessions it says ended.
+fn apply(c: &mut Context, call: w::Call, updates: Option<Vec<w::Update>>) -> Vec<u64> {
+    c.stage = stage_from_wit(call.stage);
+    c.connection.remote_port = call.remote_port;
+    c.recipient = call.recipient;
+    c.size = call.size;
+    // Told only at rcpt-to, and only when the recipient has any.
+    c.recipient_params.clear();
+    let mut ended = Vec::new();
+    for u in updates.into_iter().flatten() {
+        match u {
+            w::Update::Connection(f) => set_fact(&mut c.connection, f),
+            w::Update::MailFrom(m) => {
+                c.envelope.sender = m.address;
+                c.envelope.sender_params = m.params.into_iter().map(param).collect();
+            }
+            w::Update::Recipients(r) => splice(&mut c.envelope.recipients, r.keep, r.items),
+            w::Update::Tags(t) => splice(&mut c.tags, t.keep, t.items),
+            w::Update::Symbols(s) => splice(&mut c.symbols, s.keep, s.items),
+            w::Update::Headers(h) => c.set_header_section(h),
+            w::Update::RecipientParams(p) => c.recipient_params = p.into_iter().map(param).collect(),
+            w::Update::Ended(e) => ended = e,
+        }
     }
-    if let Some(m) = e.mail_from {
-        c.envelope.sender = m.address;
-        c.envelope.sender_params = m.params.into_iter().map(param).collect();
-    }
-    if let Some(r) = e.recipients {
-        splice(&mut c.envelope.recipients, r.keep, r.items);
-    }
-    c.recipient = e.recipient;
-    c.recipient_params = e.recipient_params.unwrap_or_default().into_iter().map(param).collect();
-    if let Some(t) = e.tags {
-        splice(&mut c.tags, t.keep, t.items);
-    }
-    if let Some(s) = e.symbols {
-        splice(&mut c.symbols, s.keep, s.items);
-    }
-    c.size = e.size;
-    if let Some(h) = e.headers {
-        c.set_header_section(h);
-    }
+    ended
 }
 
 /// What an exported plugin keeps between calls: the plugin value (a
@@ -89,16 +89,16 @@ pub struct Exported<P> {
     ctx: Context,
 }
 
-/// The body of the exported `on-stage`: the event brings the context up to
-/// date (from whatever the host told this instance last, in this session
-/// or another); the method for the stage decides, on the session's plugin
-/// value.
-pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, mut e: w::Event) -> w::Decision {
+/// The body of the exported `on-stage`: the updates bring the context up
+/// to date (from whatever the host told this instance last, in this
+/// session or another); the method for the stage decides, on the
+/// session's plugin value.
+pub fn on_stage<P: Plugin>(slot: &core::cell::RefCell<Option<Exported<P>>>, call: w::Call, updates: Option<Vec<w::Update>>) -> w::Decision {
     let mut slot = slot.borrow_mut();
     let s = slot.get_or_insert_with(|| Exported { plugin: P::default(), sessions: Sessions::default(), ctx: Context::new(Stage::Connect) });
-    let (session, new_session, ended) = (e.session, e.new_session, e.ended.take().unwrap_or_default());
-    crate::host::set_config_id(e.config_id);
-    apply(&mut s.ctx, e);
+    let (session, new_session) = (call.session, call.new_session);
+    crate::host::set_config_id(call.config_id);
+    let ended = apply(&mut s.ctx, call, updates);
     let plugin = if P::STATELESS {
         if new_session {
             s.plugin = P::default();

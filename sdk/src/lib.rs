@@ -159,8 +159,8 @@ macro_rules! export_plugin {
                         session_keyed: true,
                     }
                 }
-                fn on_stage(e: wit::Event) -> wit::Decision {
-                    STATE.with(|s| $crate::convert::on_stage::<$ty>(s, e))
+                fn on_stage(call: wit::Call, updates: Option<::std::vec::Vec<wit::Update>>) -> wit::Decision {
+                    STATE.with(|s| $crate::convert::on_stage::<$ty>(s, call, updates))
                 }
             }
             $crate::bindings::__export_world!(Exported with_types_in $crate::bindings);

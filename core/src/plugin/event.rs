@@ -1,6 +1,8 @@
 //! What a plugin call tells the plugin. The session keeps its [`Context`]
 //! (every fact a plugin may see); each instance keeps [`Told`], what it was
-//! last told, and a call sends only the difference as a WIT `event`. Facts
+//! last told, and a call sends only the difference: a WIT `call` record of
+//! what every call has (the stage, the client's port, the recipient), and
+//! a list of `update`s, one for each fact that changed. Facts
 //! that did not change since the instance's previous call — the connection
 //! all session long, the sender at every recipient, the headers from data to
 //! route — cost nothing: lowering them into the guest on every call (a trip
@@ -97,26 +99,18 @@ fn splice<T: PartialEq + Clone>(told: &mut Vec<T>, now: &[T]) -> Option<(u32, Ve
     Some((u32::try_from(keep).unwrap_or(u32::MAX), items))
 }
 
-/// None for an empty list: the host places every list it tells, even an
-/// empty one, through a call into the guest's allocator.
-pub fn none_if_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
-    (!v.is_empty()).then_some(v)
-}
-
-/// The facts of `now` that differ from `told` (all of them when nothing
-/// was told).
-fn connection_facts(told: Option<&wit::Connection>, now: &wit::Connection) -> Vec<wit::ConnectionFact> {
+/// Pushes each fact of `now` that differs from `told` (all of them when
+/// nothing was told). The client's port is not one: every call carries it.
+fn connection_facts(told: Option<&wit::Connection>, now: &wit::Connection, out: &mut Vec<wit::Update>) {
     use wit::ConnectionFact as F;
-    let mut out = Vec::new();
     macro_rules! fact {
         ($field:ident, $variant:ident) => {
             if told.is_none_or(|t| t.$field != now.$field) {
-                out.push(F::$variant(now.$field.clone()));
+                out.push(wit::Update::Connection(F::$variant(now.$field.clone())));
             }
         };
     }
     fact!(remote_ip, RemoteIp);
-    fact!(remote_port, RemotePort);
     fact!(local_addr, LocalAddr);
     fact!(listener, Listener);
     fact!(tls_version, TlsVersion);
@@ -124,61 +118,59 @@ fn connection_facts(told: Option<&wit::Connection>, now: &wit::Connection) -> Ve
     fact!(reverse_dns, ReverseDns);
     fact!(helo, Helo);
     fact!(auth_user, AuthUser);
-    out
 }
 
 impl Told {
-    /// The event that brings the instance from what it was told to `ctx`,
-    /// and remembers `ctx` as told. `new_session` only tells the guest to
-    /// forget its own per-session state: the facts are a difference all
-    /// the same.
-    pub fn event(&mut self, ctx: &Context, new_session: bool, config_id: u32) -> wit::Event {
-        let connection = match &self.connection {
-            Some(told) if Arc::ptr_eq(told, &ctx.connection) => None,
+    /// The call that brings the instance from what it was told to `ctx`:
+    /// its `call` record, returned, and the facts that differ, pushed onto
+    /// `updates`; `ctx` is remembered as told. `new_session` only tells
+    /// the guest to forget its own per-session state: the facts are a
+    /// difference all the same. The caller fills in `call.session`.
+    pub fn call(&mut self, ctx: &Context, new_session: bool, config_id: u32, updates: &mut Vec<wit::Update>) -> wit::Call {
+        match &self.connection {
+            Some(told) if Arc::ptr_eq(told, &ctx.connection) => {}
             told => {
-                let facts = connection_facts(told.as_deref(), &ctx.connection);
+                connection_facts(told.as_deref(), &ctx.connection, updates);
                 self.connection = Some(ctx.connection.clone());
-                none_if_empty(facts)
             }
-        };
+        }
         let env = &ctx.envelope;
-        let mail_from = (self.sender != env.sender || self.sender_params != env.sender_params).then(|| {
+        if self.sender != env.sender || self.sender_params != env.sender_params {
             self.sender.clone_from(&env.sender);
             self.sender_params.clone_from(&env.sender_params);
-            wit::MailFrom {
-                address: env.sender.clone(),
-                params: env.sender_params.clone(),
-            }
-        });
-        let recipients = splice(&mut self.recipients, &env.recipients).map(|(keep, items)| wit::RecipientsChange { keep, items });
-        let tags = splice(&mut self.tags, &ctx.tags).map(|(keep, items)| wit::TagsChange { keep, items });
-        let symbols = splice(&mut self.symbols, &ctx.symbols).map(|(keep, items)| wit::SymbolsChange { keep, items });
+            updates.push(wit::Update::MailFrom(wit::MailFrom { address: env.sender.clone(), params: env.sender_params.clone() }));
+        }
+        if let Some((keep, items)) = splice(&mut self.recipients, &env.recipients) {
+            updates.push(wit::Update::Recipients(wit::RecipientsChange { keep, items }));
+        }
+        if let Some((keep, items)) = splice(&mut self.tags, &ctx.tags) {
+            updates.push(wit::Update::Tags(wit::TagsChange { keep, items }));
+        }
+        if let Some((keep, items)) = splice(&mut self.symbols, &ctx.symbols) {
+            updates.push(wit::Update::Symbols(wit::SymbolsChange { keep, items }));
+        }
         let headers_changed = match (&self.headers, &ctx.headers) {
             (None, None) => false,
             (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
             _ => true,
         };
-        let headers = headers_changed.then(|| {
+        if headers_changed {
             // Holding the Arc keeps ptr_eq honest: the allocation cannot be
             // reused for other headers while it is remembered here.
             self.headers.clone_from(&ctx.headers);
-            ctx.headers.as_deref().unwrap_or_default().to_string()
-        });
-        wit::Event {
+            updates.push(wit::Update::Headers(ctx.headers.as_deref().unwrap_or_default().to_string()));
+        }
+        if !ctx.recipient_params.is_empty() {
+            updates.push(wit::Update::RecipientParams(ctx.recipient_params.clone()));
+        }
+        wit::Call {
             stage: ctx.stage,
             // The instance's own bookkeeping, which it fills in.
             session: 0,
-            ended: None,
             new_session,
-            connection,
-            mail_from,
-            recipients,
+            remote_port: ctx.connection.remote_port,
             recipient: ctx.recipient.clone(),
-            recipient_params: none_if_empty(ctx.recipient_params.clone()),
-            tags,
-            symbols,
             size: ctx.size,
-            headers,
             config_id,
         }
     }
@@ -202,7 +194,7 @@ mod tests {
         }
     }
 
-    /// The guest's side: what the SDK does with an event.
+    /// The guest's side: what the SDK does with a call and its updates.
     #[derive(Default, Debug, PartialEq)]
     struct Guest {
         connection: Option<wit::Connection>,
@@ -213,25 +205,61 @@ mod tests {
         headers: String,
     }
 
+    /// What one call sent: its record and its updates.
+    struct Sent {
+        call: wit::Call,
+        updates: Vec<wit::Update>,
+    }
+
+    fn send(told: &mut Told, ctx: &Context, new_session: bool) -> Sent {
+        let mut updates = Vec::new();
+        let call = told.call(ctx, new_session, 0, &mut updates);
+        Sent { call, updates }
+    }
+
+    impl Sent {
+        fn connection(&self) -> Vec<wit::ConnectionFact> {
+            self.updates.iter().filter_map(|u| if let wit::Update::Connection(f) = u { Some(f.clone()) } else { None }).collect()
+        }
+        fn mail_from(&self) -> Option<&wit::MailFrom> {
+            self.updates.iter().find_map(|u| if let wit::Update::MailFrom(m) = u { Some(m) } else { None })
+        }
+        fn recipients(&self) -> Option<(u32, usize)> {
+            self.updates.iter().find_map(|u| if let wit::Update::Recipients(r) = u { Some((r.keep, r.items.len())) } else { None })
+        }
+        fn tags(&self) -> Option<(u32, usize)> {
+            self.updates.iter().find_map(|u| if let wit::Update::Tags(t) = u { Some((t.keep, t.items.len())) } else { None })
+        }
+        fn symbols(&self) -> Option<(u32, usize)> {
+            self.updates.iter().find_map(|u| if let wit::Update::Symbols(s) = u { Some((s.keep, s.items.len())) } else { None })
+        }
+        fn headers(&self) -> Option<&str> {
+            self.updates.iter().find_map(|u| if let wit::Update::Headers(h) = u { Some(h.as_str()) } else { None })
+        }
+        fn recipient_params(&self) -> Option<usize> {
+            self.updates.iter().find_map(|u| if let wit::Update::RecipientParams(p) = u { Some(p.len()) } else { None })
+        }
+    }
+
     impl Guest {
         /// As the SDK does: a new session does not reset the context.
-        fn apply(&mut self, e: wit::Event) {
-            if let Some(facts) = e.connection {
-                let c = self.connection.get_or_insert_with(|| wit::Connection {
-                    remote_ip: String::new(),
-                    remote_port: 0,
-                    local_addr: String::new(),
-                    listener: String::new(),
-                    tls_version: None,
-                    tls_cipher: None,
-                    reverse_dns: None,
-                    helo: None,
-                    auth_user: None,
-                });
-                for f in facts {
-                    match f {
+        fn apply(&mut self, sent: Sent) {
+            let c = self.connection.get_or_insert_with(|| wit::Connection {
+                remote_ip: String::new(),
+                remote_port: 0,
+                local_addr: String::new(),
+                listener: String::new(),
+                tls_version: None,
+                tls_cipher: None,
+                reverse_dns: None,
+                helo: None,
+                auth_user: None,
+            });
+            c.remote_port = sent.call.remote_port;
+            for u in sent.updates {
+                match u {
+                    wit::Update::Connection(f) => match f {
                         wit::ConnectionFact::RemoteIp(v) => c.remote_ip = v,
-                        wit::ConnectionFact::RemotePort(v) => c.remote_port = v,
                         wit::ConnectionFact::LocalAddr(v) => c.local_addr = v,
                         wit::ConnectionFact::Listener(v) => c.listener = v,
                         wit::ConnectionFact::TlsVersion(v) => c.tls_version = v,
@@ -239,26 +267,23 @@ mod tests {
                         wit::ConnectionFact::ReverseDns(v) => c.reverse_dns = v,
                         wit::ConnectionFact::Helo(v) => c.helo = v,
                         wit::ConnectionFact::AuthUser(v) => c.auth_user = v,
+                    },
+                    wit::Update::MailFrom(m) => self.sender = m.address,
+                    wit::Update::Recipients(r) => {
+                        self.recipients.truncate(r.keep as usize);
+                        self.recipients.extend(r.items);
                     }
+                    wit::Update::Tags(t) => {
+                        self.tags.truncate(t.keep as usize);
+                        self.tags.extend(t.items);
+                    }
+                    wit::Update::Symbols(s) => {
+                        self.symbols.truncate(s.keep as usize);
+                        self.symbols.extend(s.items);
+                    }
+                    wit::Update::Headers(h) => self.headers = h,
+                    wit::Update::RecipientParams(_) | wit::Update::Ended(_) => {}
                 }
-            }
-            if let Some(m) = e.mail_from {
-                self.sender = m.address;
-            }
-            if let Some(r) = e.recipients {
-                self.recipients.truncate(r.keep as usize);
-                self.recipients.extend(r.items);
-            }
-            if let Some(t) = e.tags {
-                self.tags.truncate(t.keep as usize);
-                self.tags.extend(t.items);
-            }
-            if let Some(s) = e.symbols {
-                self.symbols.truncate(s.keep as usize);
-                self.symbols.extend(s.items);
-            }
-            if let Some(h) = e.headers {
-                self.headers = h;
             }
         }
         fn sees(&self, ctx: &Context) -> bool {
@@ -276,40 +301,40 @@ mod tests {
         let mut told = Told::default();
         let mut guest = Guest::default();
         let mut ctx = Context::new(conn());
-        let e = told.event(&ctx, true, 0);
-        assert_eq!(e.connection.as_ref().map(Vec::len), Some(9), "the first call tells every connection fact");
+        let e = send(&mut told, &ctx, true);
+        assert_eq!(e.connection().len(), 8, "the first call tells every connection fact");
+        assert_eq!(e.call.remote_port, 4000, "the port comes with every call");
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         ctx.envelope.sender = Some("a@example.org".into());
-        let e = told.event(&ctx, false, 0);
-        assert!(e.connection.is_none(), "an unchanged connection is not told again, not even as an empty list");
-        assert!(e.ended.is_none() && e.recipient_params.is_none(), "empty lists are not placed in the guest");
-        assert_eq!(e.mail_from.as_ref().and_then(|m| m.address.as_deref()), Some("a@example.org"));
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.updates.len(), 1, "only the sender: an unchanged connection is not told again, and empty lists are not placed in the guest");
+        assert_eq!(e.mail_from().and_then(|m| m.address.as_deref()), Some("a@example.org"));
         guest.apply(e);
 
         // HELO: that one fact.
         Arc::make_mut(&mut ctx.connection).helo = Some("client.example".into());
-        let e = told.event(&ctx, false, 0);
-        assert_eq!(e.connection, Some(vec![wit::ConnectionFact::Helo(Some("client.example".into()))]));
-        assert!(e.mail_from.is_none(), "the sender was told already");
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.updates, vec![wit::Update::Connection(wit::ConnectionFact::Helo(Some("client.example".into())))], "that fact alone: the sender was told already");
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         for r in ["b@example.org", "c@example.org"] {
             ctx.envelope.recipients.push(r.into());
-            let e = told.event(&ctx, false, 0);
-            assert!(e.mail_from.is_none());
-            let change = e.recipients.clone().expect("a new recipient is told");
-            assert_eq!((change.keep as usize, change.items.len()), (ctx.envelope.recipients.len() - 1, 1), "only the new one");
+            let e = send(&mut told, &ctx, false);
+            assert!(e.mail_from().is_none());
+            let (keep, n) = e.recipients().expect("a new recipient is told");
+            assert_eq!((keep as usize, n), (ctx.envelope.recipients.len() - 1, 1), "only the new one");
             guest.apply(e);
             assert!(guest.sees(&ctx));
         }
         // A recipient's parameters, when it has some, come with it.
         ctx.recipient = Some("c@example.org".into());
         ctx.recipient_params = vec![wit::Param { name: "NOTIFY".into(), value: Some("NEVER".into()) }];
-        let e = told.event(&ctx, false, 0);
-        assert_eq!(e.recipient_params.as_deref().map(<[_]>::len), Some(1));
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.recipient_params(), Some(1));
+        assert_eq!(e.call.recipient.as_deref(), Some("c@example.org"));
         ctx.recipient = None;
         ctx.recipient_params.clear();
 
@@ -319,33 +344,33 @@ mod tests {
         ctx.symbols.push(("DNSBL".into(), 2.5));
         ctx.headers = Some(header_section(b"Subject: hi\r\n\r\nbody\r\n"));
         assert_eq!(ctx.headers.as_deref(), Some("Subject: hi\r\n"));
-        let e = told.event(&ctx, false, 0);
-        assert_eq!(e.recipients.as_ref().map(|r| r.keep), Some(0));
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.recipients().map(|r| r.0), Some(0));
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         // The same headers at route: not told again. New ones: told.
-        let e = told.event(&ctx, false, 0);
-        assert!(e.headers.is_none() && e.tags.is_none() && e.symbols.is_none() && e.recipients.is_none());
+        let e = send(&mut told, &ctx, false);
+        assert!(e.updates.is_empty(), "nothing changed: no list at all");
         guest.apply(e);
         ctx.headers = Some(header_section(b"Subject: hi\r\n\r\n"));
-        let e = told.event(&ctx, false, 0);
-        assert!(e.headers.is_some());
+        let e = send(&mut told, &ctx, false);
+        assert!(e.headers().is_some());
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         // A tag replaced by key moves to the end: the list is told from the change.
         ctx.tags.insert(0, ("first".into(), "1".into()));
-        let e = told.event(&ctx, false, 0);
-        assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 2)));
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.tags(), Some((0, 2)));
         guest.apply(e);
         assert!(guest.sees(&ctx));
 
         // The transaction ends: no sender, no recipients, no message.
         ctx.envelope = Envelope::default();
         ctx.headers = None;
-        let e = told.event(&ctx, false, 0);
-        assert_eq!(e.headers.as_deref(), Some(""), "the old headers are taken back");
+        let e = send(&mut told, &ctx, false);
+        assert_eq!(e.headers(), Some(""), "the old headers are taken back");
         guest.apply(e);
         assert!(guest.sees(&ctx));
     }
@@ -361,35 +386,37 @@ mod tests {
         a.tags.push(("t".into(), "v".into()));
         a.symbols.push(("S".into(), 1.0));
         a.headers = Some(header_section(b"Subject: a\r\n\r\n"));
-        guest.apply(told.event(&a, true, 0));
+        guest.apply(send(&mut told, &a, true));
         assert!(guest.sees(&a));
         // Session B, another client, before MAIL FROM: everything A had
         // and B has not is told as cleared.
         let mut b = Context::new(wit::Connection { remote_ip: "198.51.100.7".into(), remote_port: 5000, ..conn() });
-        let e = told.event(&b, true, 0);
-        // Only the facts that differ: the address and port, not the
-        // listener or the local address.
-        assert!(e.new_session);
-        assert_eq!(e.connection, Some(vec![wit::ConnectionFact::RemoteIp("198.51.100.7".into()), wit::ConnectionFact::RemotePort(5000)]));
-        assert_eq!(e.mail_from.as_ref().map(|m| m.address.clone()), Some(None), "A's sender is taken back");
-        assert_eq!(e.recipients.as_ref().map(|r| (r.keep, r.items.len())), Some((0, 0)));
-        assert_eq!(e.tags.as_ref().map(|t| (t.keep, t.items.len())), Some((0, 0)));
-        assert_eq!(e.symbols.as_ref().map(|s| (s.keep, s.items.len())), Some((0, 0)));
-        assert_eq!(e.headers.as_deref(), Some(""));
+        let e = send(&mut told, &b, true);
+        // Only the facts that differ: the address (the port comes with
+        // every call), not the listener or the local address.
+        assert!(e.call.new_session);
+        assert_eq!(e.call.remote_port, 5000);
+        assert_eq!(e.connection(), vec![wit::ConnectionFact::RemoteIp("198.51.100.7".into())]);
+        assert_eq!(e.mail_from().map(|m| m.address.clone()), Some(None), "A's sender is taken back");
+        assert_eq!(e.recipients(), Some((0, 0)));
+        assert_eq!(e.tags(), Some((0, 0)));
+        assert_eq!(e.symbols(), Some((0, 0)));
+        assert_eq!(e.headers(), Some(""));
         guest.apply(e);
         assert!(guest.sees(&b), "the guest holds B's facts and nothing of A's");
         // B's own next call: only what changed.
         b.envelope.sender = Some("c@example.org".into());
-        let e = told.event(&b, false, 0);
-        assert!(e.connection.is_none() && e.recipients.is_none() && e.tags.is_none() && e.headers.is_none());
+        let e = send(&mut told, &b, false);
+        assert_eq!(e.updates.len(), 1, "the sender alone");
         guest.apply(e);
         assert!(guest.sees(&b));
         // Facts two sessions share (the same sender) are not told again.
         let mut c = Context::new(conn());
         c.envelope.sender = Some("c@example.org".into());
-        let e = told.event(&c, true, 0);
-        assert_eq!(e.connection.as_ref().map(Vec::len), Some(2), "back to A's address and port");
-        assert!(e.mail_from.is_none());
+        let e = send(&mut told, &c, true);
+        assert_eq!(e.connection().len(), 1, "back to A's address");
+        assert_eq!(e.call.remote_port, 4000);
+        assert!(e.mail_from().is_none());
         guest.apply(e);
         assert!(guest.sees(&c));
     }

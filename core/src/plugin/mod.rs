@@ -577,7 +577,7 @@ pub fn plugin_dir() -> String {
 
 /// The version of the plugin interface (sdk/wit/plugin.wit) this host
 /// speaks.
-pub const INTERFACE_VERSION: &str = "0.5.0";
+pub const INTERFACE_VERSION: &str = "0.6.0";
 
 /// Whether two interface versions are compatible by semver: the same major
 /// version, and below 1.0 the same minor one.
@@ -861,8 +861,11 @@ pub struct Instance {
     /// The next call is the first of a session.
     new_session: bool,
     /// Sessions that ended whose state the guest may hold: told at the
-    /// next call (`event.ended`).
+    /// next call (`update.ended`).
     ended: Vec<u64>,
+    /// The updates of a call, kept between calls so that their list is
+    /// not allocated anew each time.
+    updates: Vec<wit::Update>,
     /// Set when a call was cut off mid-way: the instance must not be reused.
     pub broken: bool,
 }
@@ -905,6 +908,7 @@ impl Instance {
             session: 0,
             new_session: true,
             ended: Vec::new(),
+            updates: Vec::new(),
             broken: false,
         })
     }
@@ -982,10 +986,19 @@ impl Instance {
 
     async fn call_on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: &Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
         self.begin_call(started, Some(config), body);
-        let mut event = self.told.event(ctx, std::mem::take(&mut self.new_session), config_id);
-        event.session = self.session;
-        event.ended = event::none_if_empty(std::mem::take(&mut self.ended));
-        match self.bindings.call_on_stage(&mut self.store, &event).await {
+        let mut updates = std::mem::take(&mut self.updates);
+        let mut call = self.told.call(ctx, std::mem::take(&mut self.new_session), config_id, &mut updates);
+        call.session = self.session;
+        if !self.ended.is_empty() {
+            updates.push(wit::Update::Ended(std::mem::take(&mut self.ended)));
+        }
+        // No list at all when nothing changed: even an empty one costs a
+        // trip into the guest's allocator to place it.
+        let told = (!updates.is_empty()).then_some(updates.as_slice());
+        let r = self.bindings.call_on_stage(&mut self.store, &call, told).await;
+        updates.clear();
+        self.updates = updates;
+        match r {
             Ok(d) => {
                 self.store.data_mut().body = None;
                 Ok(d)
