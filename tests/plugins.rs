@@ -285,6 +285,41 @@ fn the_circuit_breaker_switches_a_faulty_plugin_off() {
     assert_eq!(metric_value(&m, "weir_plugin_circuit_open", &["plugin=\"trap\""]), 1.0, "{m}");
 }
 
+/// A plugin's calls run on the session thread's own stack, which cannot
+/// yield; the first call to run past an epoch tick switches the plugin to
+/// calls on a fiber that yield to the thread's other sessions at every
+/// tick. With one session thread: after a looping call has made the
+/// switch, another session is answered while the next looping call runs.
+#[test]
+fn a_plugin_that_runs_past_a_tick_is_switched_to_calls_that_yield() {
+    let cfg = mx_server(&format!(
+        "plugins:\n  loop:\n    path: {}\n    limits: {{time_budget: 600ms}}\npipelines:\n  p:\n    data: [{{plugin: loop}}]\n",
+        plugin("test_loop")
+    ))
+    .replace("server:\n  hostname: mx.test\n", "server:\n  hostname: mx.test\n  session_threads: 1\n");
+    let s = Server::start(&cfg);
+    let mut a = Smtp::connect(s.port("mx"));
+    a.cmd("EHLO a.test").is(250, "");
+    a.send_mail("a@example.org", &["postmaster@localhost"], "Subject: 1\r\n\r\nx").is(451, "4.3.0");
+    assert_eq!(s.log().matches("this plugin's calls now run on a fiber").count(), 1, "{}", s.log());
+    let mut b = Smtp::connect(s.port("mx"));
+    b.cmd("EHLO b.test").is(250, "");
+    a.cmd("MAIL FROM:<a@example.org>").is(250, "");
+    a.cmd("RCPT TO:<postmaster@localhost>").is(250, "");
+    a.cmd("DATA").is(354, "");
+    a.send(b"Subject: 2\r\n\r\nx\r\n.\r\n");
+    let looping = std::thread::spawn(move || {
+        let r = a.read();
+        (r, std::time::Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    b.cmd("NOOP").is(250, "2.0.0");
+    let answered = std::time::Instant::now();
+    let (r, looped) = looping.join().unwrap();
+    r.is(451, "4.3.0");
+    assert!(answered < looped, "the other session waited for the looping call to end");
+}
+
 #[test]
 fn five_plugin_pipeline_across_every_stage_with_smtplib() {
     let hash = password_hash("pw");

@@ -8,8 +8,11 @@
 //! for each call instead, so a few warm ones serve all sessions, and one
 //! that keeps its state by session keeps to a [`Home`] shared with other
 //! sessions (`policy`, [`InstancePool`]). Every call runs under the plugin's memory
-//! cap and time budget (epoch interruption, yielding to other tasks at
-//! every tick) and a deadline that host waits count against. A trap,
+//! cap and time budget (epoch interruption) and a deadline that host waits
+//! count against. A call runs on the session thread's own stack, unless
+//! the plugin imports a capability that waits or once ran past an epoch
+//! tick: then on a fiber, yielding to the thread's other sessions at every
+//! tick (`Instance::call_on_stage`). A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
 //! only and is reported as a [`Fault`]; too many faults in a window switch
 //! the plugin off (circuit breaker) until the next reload.
@@ -18,6 +21,7 @@ pub mod event;
 pub mod host;
 pub mod kv;
 pub mod mail_auth;
+pub mod sealed_io;
 
 pub use event::{Context, Envelope};
 
@@ -141,6 +145,10 @@ pub struct PluginState {
     ticks_used: u64,
     budget: Duration,
     timed_out: bool,
+    /// The call in progress runs on a fiber of its own and may yield to
+    /// the thread's other sessions at an epoch tick (see
+    /// `Instance::call_on_stage`).
+    yielding: bool,
 }
 
 impl WasiView for PluginState {
@@ -221,6 +229,12 @@ pub struct LoadedPlugin {
     /// The data files of `files:`, read at load. `Bytes`, so a plugin's
     /// `files.read` hands wasmtime this copy (a count bumped) to lower.
     pub files: HashMap<String, bytes::Bytes>,
+    /// It imports a capability that waits (DNS, mail-auth): its calls run
+    /// on a fiber, so that the wait lets other sessions run.
+    pub waits: bool,
+    /// One of its calls ran past an epoch tick: from then on its calls run
+    /// on a fiber and yield to the thread's other sessions at every tick.
+    yields: AtomicBool,
 }
 
 /// The one copy of a plugin name for the life of the process. Names
@@ -416,7 +430,11 @@ impl Runtime {
             }
         };
         let mut linker: Linker<PluginState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        // WASI linked synchronously (with streams and polls that never
+        // wait): a plugin whose imports are all synchronous can be called
+        // without a fiber.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        sealed_io::link(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
         link_host(&mut linker).map_err(|e| anyhow!("linking host capabilities: {e}"))?;
         // The epoch ticker: time budgets are counted in ticks of EPOCH_TICK.
         // (A 1 ms tick cost a thousand wake-ups a second on a busy machine.)
@@ -533,6 +551,8 @@ impl Runtime {
             faults: Mutex::new(VecDeque::new()),
             disabled: AtomicBool::new(false),
             files,
+            waits: imported.iter().any(|c| c == Grant::Dns.as_str() || c == Grant::MailAuth.as_str()),
+            yields: AtomicBool::new(false),
         };
         // Ask it what it is, in a throw-away instance.
         let probe = Arc::new(LoadedPlugin {
@@ -551,6 +571,8 @@ impl Runtime {
             faults: Mutex::new(VecDeque::new()),
             disabled: AtomicBool::new(false),
             files: HashMap::new(),
+            waits: plugin.waits,
+            yields: AtomicBool::new(false),
         });
         let mut inst = Instance::new(self, probe, services.clone()).await.map_err(|f| anyhow!("{}", f.message))?;
         let info = inst.describe().await.map_err(|f| anyhow!("asking {name} what it is: {}", f.message))?;
@@ -866,6 +888,8 @@ pub struct Instance {
     /// The updates of a call, kept between calls so that their list is
     /// not allocated anew each time.
     updates: Vec<wit::Update>,
+    /// The guest's `on-stage`, type-checked (see `call_on_stage`).
+    on_stage: wasmtime::component::Func,
     /// Set when a call was cut off mid-way: the instance must not be reused.
     pub broken: bool,
 }
@@ -888,12 +912,15 @@ impl Instance {
             deadline: Instant::now(),
             ticks_used: 0,
             timed_out: false,
+            yielding: false,
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         arm_deadline(&mut store);
-        let bindings = match plugin.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
+        let pre = plugin.pre.instance_pre();
+        let instance = if plugin.waits { pre.instantiate_async(&mut store).await } else { pre.instantiate(&mut store) };
+        let instance = match instance {
+            Ok(i) => i,
             Err(e) => {
                 let exhausted = e.chain().any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>());
                 let mut f = classify(&mut store, e);
@@ -901,9 +928,17 @@ impl Instance {
                 return Err(f);
             }
         };
+        let bindings = Plugin::new(&mut store, &instance).map_err(|e| classify(&mut store, e))?;
+        // The type of `on-stage`, checked once per instance, so that each
+        // call on the thread's own stack can skip the check.
+        let on_stage = instance
+            .get_func(&mut store, "on-stage")
+            .ok_or_else(|| Fault::new(FaultKind::Trap, "the component exports no on-stage"))?;
+        on_stage.typed::<OnStageParams<'_>, (wit::Decision,)>(&store).map_err(|e| classify(&mut store, e))?;
         Ok(Instance {
             store,
             bindings,
+            on_stage,
             told: event::Told::default(),
             session: 0,
             new_session: true,
@@ -936,13 +971,14 @@ impl Instance {
     }
 
     async fn describe(&mut self) -> Result<wit::PluginInfo, Fault> {
-        self.begin_call(Instant::now(), None, None);
+        self.begin_call(Instant::now(), None, None, true);
         let r = self.bindings.call_describe(&mut self.store).await;
         r.map_err(|e| classify(&mut self.store, e))
     }
 
-    fn begin_call(&mut self, started: Instant, config: Option<&Arc<str>>, body: Option<Arc<Vec<u8>>>) {
+    fn begin_call(&mut self, started: Instant, config: Option<&Arc<str>>, body: Option<Arc<Vec<u8>>>, yielding: bool) {
         let s = self.store.data_mut();
+        s.yielding = yielding;
         // The epoch callback bounds guest running time; the deadline bounds
         // the whole call, the waits of host calls included.
         s.deadline = started + s.budget * 10 + s.services.dns_budget + Duration::from_secs(5);
@@ -985,7 +1021,19 @@ impl Instance {
     }
 
     async fn call_on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: &Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
-        self.begin_call(started, Some(config), body);
+        // A plugin that may wait, or that once ran past a tick, is called
+        // on a fiber (`call_async`): a wait or a tick yields to the
+        // thread's other sessions. Any other is called on the thread's own
+        // stack, which costs less: no fiber to switch to, and no fiber
+        // stack of this instance's own to bring into the caches (each
+        // instance keeps one). Such a call cannot yield; the first of a
+        // plugin's calls to run past a tick holds the thread up to its
+        // time budget and switches the plugin to fibers.
+        let yielding = {
+            let p = &self.store.data().plugin;
+            p.waits || p.yields.load(Ordering::Relaxed)
+        };
+        self.begin_call(started, Some(config), body, yielding);
         let mut updates = std::mem::take(&mut self.updates);
         let mut call = self.told.call(ctx, std::mem::take(&mut self.new_session), config_id, &mut updates);
         call.session = self.session;
@@ -995,7 +1043,14 @@ impl Instance {
         // No list at all when nothing changed: even an empty one costs a
         // trip into the guest's allocator to place it.
         let told = (!updates.is_empty()).then_some(updates.as_slice());
-        let r = self.bindings.call_on_stage(&mut self.store, &call, told).await;
+        let r = if yielding {
+            self.bindings.call_on_stage(&mut self.store, &call, told).await
+        } else {
+            // SAFETY: `on_stage` was type-checked as this `TypedFunc`'s
+            // type when the instance was made.
+            let f = unsafe { wasmtime::component::TypedFunc::<OnStageParams<'_>, (wit::Decision,)>::new_unchecked(self.on_stage) };
+            f.call(&mut self.store, (&call, told)).map(|(d,)| d)
+        };
         updates.clear();
         self.updates = updates;
         match r {
@@ -1034,6 +1089,9 @@ impl<F: Future> Future for OutOfLine<F> {
     }
 }
 
+/// `on-stage`'s parameters, as the host lowers them.
+type OnStageParams<'a> = (&'a wit::Call, Option<&'a [wit::Update]>);
+
 fn arm_deadline(store: &mut Store<PluginState>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
@@ -1043,8 +1101,20 @@ fn arm_deadline(store: &mut Store<PluginState>) {
             s.timed_out = true;
             return Err(wasmtime::Error::msg(format!("time budget of {:?} exceeded", s.budget)));
         }
-        // Let other sessions run between ticks.
-        Ok(UpdateDeadline::Yield(1))
+        if s.yielding {
+            // Let other sessions run between ticks. Tokio's own yield: it
+            // wakes the call only after the runtime has polled for I/O.
+            // (`Yield` wakes it at once; a current-thread runtime polls for
+            // I/O every 61 turns of its queue, so a looping plugin kept the
+            // other sessions from reading their sockets for its whole call.)
+            return Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())));
+        }
+        // A call on the thread's own stack cannot yield: its plugin's
+        // later calls will, on a fiber.
+        if !s.plugin.yields.swap(true, Ordering::Relaxed) {
+            tracing::warn!(plugin = s.plugin.name, "a call ran past an epoch tick while holding its session thread; this plugin's calls now run on a fiber and yield to other sessions");
+        }
+        Ok(UpdateDeadline::Continue(1))
     });
 }
 
