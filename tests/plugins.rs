@@ -1,7 +1,7 @@
 //! Policy plugins in real SMTP sessions: misbehaving plugins (infinite
-//! loop, unbounded allocation, panic, ungranted capability) fault without
-//! hurting other clients; a five-plugin pipeline across every stage driven
-//! by smtplib; `weir policy check` errors with file:line:column; reload
+//! loop, unbounded allocation, panic, endless recursion, ungranted
+//! capability) fault without hurting other clients; a five-plugin pipeline
+//! across every stage driven by smtplib; `weir policy check` errors with file:line:column; reload
 //! during traffic.
 
 mod common;
@@ -318,6 +318,27 @@ fn a_plugin_that_runs_past_a_tick_is_switched_to_calls_that_yield() {
     let (r, looped) = looping.join().unwrap();
     r.is(451, "4.3.0");
     assert!(answered < looped, "the other session waited for the looping call to end");
+}
+
+/// A plugin that recurses without end is stopped by wasmtime's limit on
+/// the native stack a call may use, on the session thread's own stack as
+/// on a fiber: a trap, not an overflow of the thread's stack.
+#[test]
+fn a_plugin_that_recurses_without_end_traps() {
+    let cfg = mx_server(&format!(
+        "plugins:\n  recurse:\n    path: {}\npipelines:\n  p:\n    data: [{{plugin: recurse, on_error: continue}}]\n",
+        plugin("test_recurse")
+    ));
+    let s = Server::start(&cfg);
+    let mut c = Smtp::connect(s.port("mx"));
+    c.cmd("EHLO client.test").is(250, "");
+    for i in 0..2 {
+        let id = queued_id(&c.send_mail("a@example.org", &["postmaster@localhost"], &format!("Subject: {i}\r\n\r\nx")));
+        let d = &s.queue_show(&id)["decisions"][0];
+        assert_eq!(d["verdict"], "fault:trap", "{d}");
+        assert!(d["reason"].as_str().unwrap_or("").contains("call stack exhausted"), "{d}");
+    }
+    c.cmd("NOOP").is(250, "2.0.0");
 }
 
 #[test]
