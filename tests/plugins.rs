@@ -286,7 +286,7 @@ fn the_circuit_breaker_switches_a_faulty_plugin_off() {
 }
 
 /// A plugin's calls run on the session thread's own stack, which cannot
-/// yield; the first call to run past an epoch tick switches the plugin to
+/// yield; the first call to run for a whole epoch tick switches the plugin to
 /// calls on a fiber that yield to the thread's other sessions at every
 /// tick. With one session thread: after a looping call has made the
 /// switch, another session is answered while the next looping call runs.

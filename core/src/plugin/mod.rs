@@ -10,8 +10,8 @@
 //! sessions (`policy`, [`InstancePool`]). Every call runs under the plugin's memory
 //! cap and time budget (epoch interruption) and a deadline that host waits
 //! count against. A call runs on the session thread's own stack, unless
-//! the plugin imports a capability that waits or once ran past an epoch
-//! tick: then on a fiber, yielding to the thread's other sessions at every
+//! the plugin imports a capability that waits or once ran for a whole
+//! epoch tick: then on a fiber, yielding to the thread's other sessions at every
 //! tick (`Instance::call_on_stage`). A trap,
 //! panic, time-out, memory exhaustion or refused capability ends that call
 //! only and is reported as a [`Fault`]; too many faults in a window switch
@@ -232,8 +232,8 @@ pub struct LoadedPlugin {
     /// It imports a capability that waits (DNS, mail-auth): its calls run
     /// on a fiber, so that the wait lets other sessions run.
     pub waits: bool,
-    /// One of its calls ran past an epoch tick: from then on its calls run
-    /// on a fiber and yield to the thread's other sessions at every tick.
+    /// One of its calls ran for a whole epoch tick: from then on its calls
+    /// run on a fiber and yield to the thread's other sessions at every tick.
     yields: AtomicBool,
 }
 
@@ -1021,13 +1021,13 @@ impl Instance {
     }
 
     async fn call_on_stage(&mut self, ctx: &Context, started: Instant, config_id: u32, config: &Arc<str>, body: Option<Arc<Vec<u8>>>) -> Result<wit::Decision, Fault> {
-        // A plugin that may wait, or that once ran past a tick, is called
+        // A plugin that may wait, or that once ran for a whole tick, is called
         // on a fiber (`call_async`): a wait or a tick yields to the
         // thread's other sessions. Any other is called on the thread's own
         // stack, which costs less: no fiber to switch to, and no fiber
         // stack of this instance's own to bring into the caches (each
         // instance keeps one). Such a call cannot yield; the first of a
-        // plugin's calls to run past a tick holds the thread up to its
+        // plugin's calls to run for a whole tick holds the thread up to its
         // time budget and switches the plugin to fibers.
         let yielding = {
             let p = &self.store.data().plugin;
@@ -1109,10 +1109,13 @@ fn arm_deadline(store: &mut Store<PluginState>) {
             // other sessions from reading their sockets for its whole call.)
             return Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())));
         }
-        // A call on the thread's own stack cannot yield: its plugin's
-        // later calls will, on a fiber.
-        if !s.plugin.yields.swap(true, Ordering::Relaxed) {
-            tracing::warn!(plugin = s.plugin.name, "a call ran past an epoch tick while holding its session thread; this plugin's calls now run on a fiber and yield to other sessions");
+        // A call on the thread's own stack cannot yield: if it ran for a
+        // whole tick, its plugin's later calls will, on a fiber. (Not at
+        // the first callback: the deadline is the next tick of the shared
+        // ticker, so the first comes at whatever moment a call crosses a
+        // tick, for a call of microseconds one time in thousands.)
+        if s.ticks_used >= 2 && !s.plugin.yields.swap(true, Ordering::Relaxed) {
+            tracing::warn!(plugin = s.plugin.name, "a call ran for a whole epoch tick while holding its session thread; this plugin's calls now run on a fiber and yield to other sessions");
         }
         Ok(UpdateDeadline::Continue(1))
     });

@@ -9,9 +9,10 @@
 //! messages a second and plain Weir 7-11% more. With one message per
 //! connection the hand-off of each accepted socket to its thread costs
 //! the pipeline 3-6%. What it gives up is work stealing: a session's long
-//! CPU-bound step (a plugin that once ran past an epoch tick yields to the
-//! thread's other sessions every 10 ms tick) holds up the sessions on its
-//! thread while another core may idle. `server.session_threads: 0` keeps sessions on the shared runtime.
+//! CPU-bound step (a plugin that once ran for a whole epoch tick yields to
+//! the thread's other sessions every 10 ms tick) holds up the sessions on
+//! its thread while another core may idle. `server.session_threads: 0`
+//! keeps sessions on the shared runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
