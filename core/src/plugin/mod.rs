@@ -930,7 +930,7 @@ impl Instance {
         };
         let bindings = Plugin::new(&mut store, &instance).map_err(|e| classify(&mut store, e))?;
         // The type of `on-stage`, checked once per instance, so that each
-        // call on the thread's own stack can skip the check.
+        // call can skip the check.
         let on_stage = instance
             .get_func(&mut store, "on-stage")
             .ok_or_else(|| Fault::new(FaultKind::Trap, "the component exports no on-stage"))?;
@@ -1043,14 +1043,14 @@ impl Instance {
         // No list at all when nothing changed: even an empty one costs a
         // trip into the guest's allocator to place it.
         let told = (!updates.is_empty()).then_some(updates.as_slice());
-        let r = if yielding {
-            self.bindings.call_on_stage(&mut self.store, &call, told).await
-        } else {
-            // SAFETY: `on_stage` was type-checked as this `TypedFunc`'s
-            // type when the instance was made.
-            let f = unsafe { wasmtime::component::TypedFunc::<OnStageParams<'_>, (wit::Decision,)>::new_unchecked(self.on_stage) };
-            f.call(&mut self.store, (&call, told)).map(|(d,)| d)
-        };
+        // SAFETY: `on_stage` was type-checked as this `TypedFunc`'s type
+        // when the instance was made.
+        let f = unsafe { wasmtime::component::TypedFunc::<OnStageParams<'_>, (wit::Decision,)>::new_unchecked(self.on_stage) };
+        let r = match yielding {
+            true => f.call_async(&mut self.store, (&call, told)).await,
+            false => f.call(&mut self.store, (&call, told)),
+        }
+        .map(|(d,)| d);
         updates.clear();
         self.updates = updates;
         match r {
